@@ -1,0 +1,190 @@
+"""Command-line / config-file arguments: the single source of truth for every default.
+
+The CLI, the examples and the demo read these dataclasses; nothing restates a default.
+They are parsed by `transformers.HfArgumentParser`, so every flag can also come from one
+JSON or YAML file, and every `TrainingArguments` flag works as well.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+STRATEGIES = ("linear_probe", "head_then_unfreeze", "top_k", "full")
+AUGMENTATIONS = ("none", "light")
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone to fine-tune and how to load it."""
+
+    model: str = field(
+        metadata={
+            "help": "Backbone to fine-tune: a Hub id (e.g. facebook/dinov2-small, timm/resnet50.a1_in1k) or a "
+            "local directory holding config.json and weights. Both go through the same from_pretrained path."
+        }
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --model."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded Hub files are cached."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom model code from the Hub repo to run. Off by default: only enable for repos you trust."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which images to train on and how to split them."""
+
+    dataset: str = field(
+        metadata={
+            "help": "A local ImageFolder directory (class sub-folders, optionally under train/ val/ test/) or a Hub "
+            "dataset id."
+        }
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column holding the images (default: the dataset's only Image column)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding the labels (default: the dataset's only ClassLabel column)."}
+    )
+    validation_fraction: float = field(
+        default=0.15,
+        metadata={"help": "Share of train held out (stratified) for validation when the dataset has no usable one."},
+    )
+    test_fraction: float = field(
+        default=0.15,
+        metadata={
+            "help": "Share of train held out (stratified) as the test split when the dataset has neither a test nor a "
+            "validation split. With train + validation only, the given validation split becomes the untouched "
+            "test split and a fresh validation split is carved from train."
+        },
+    )
+    augmentation: str = field(
+        default="light",
+        metadata={"help": f"Training augmentation, one of {AUGMENTATIONS}. 'light' = random resized crop + flip."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ValueError(f"`--{name}` must lie in (0, 0.5), got {value}.")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"`--augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")
+
+
+@dataclass
+class FinetuneArguments:
+    """The recipe: which stages train when, and at which learning rate."""
+
+    strategy: str = field(
+        default="head_then_unfreeze",
+        metadata={
+            "help": "Freezing strategy: linear_probe (backbone frozen throughout), head_then_unfreeze (head first, "
+            "then one more stage per unfreeze step, top stage first), top_k (only the top --top-k stages and the "
+            "head train), full (everything trains)."
+        },
+    )
+    layer_decay: float = field(
+        default=0.7,
+        metadata={
+            "help": "Layer-wise LR decay: stage at depth d (embeddings 0 .. top D) trains at "
+            "learning_rate * layer_decay ** (D - d). 1.0 turns it off."
+        },
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "LR of the new head (default: 10 x --learning_rate: a fresh head must move much further)."},
+    )
+    head_epochs: int = field(
+        default=1, metadata={"help": "head_then_unfreeze: epochs with only the head trainable before unfreezing starts."}
+    )
+    unfreeze_every: int = field(
+        default=1, metadata={"help": "head_then_unfreeze: epochs between two unfreeze steps (epoch schedule)."}
+    )
+    stages_per_unfreeze: int = field(
+        default=1, metadata={"help": "head_then_unfreeze: stages unfrozen at each step, top stage first."}
+    )
+    unfreeze_on_plateau: bool = field(
+        default=False,
+        metadata={
+            "help": "head_then_unfreeze: unfreeze the next stage when validation macro-F1 has not improved for "
+            "--plateau-patience epochs, instead of on the epoch schedule."
+        },
+    )
+    plateau_patience: int = field(default=1, metadata={"help": "Epochs without improvement that count as a plateau."})
+    top_k: int = field(default=2, metadata={"help": "top_k: number of top backbone stages trained with the head."})
+    unfreeze_warmup_epochs: float = field(
+        default=0.5,
+        metadata={"help": "A newly unfrozen stage ramps its LR linearly from 0 over this many epochs instead of jumping."},
+    )
+    train_bn: bool = field(
+        default=False,
+        metadata={"help": "Let BatchNorm layers of frozen stages update their running statistics (default: kept fixed)."},
+    )
+    early_stopping_patience: int = field(
+        default=4, metadata={"help": "Stop after this many epochs without a better validation macro-F1 (0 = never)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an --output-dir that already holds a different run."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"`--strategy` must be one of {STRATEGIES}, got {self.strategy!r}.")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(
+                f"`--layer-decay` must lie in (0, 1], got {self.layer_decay}: 1.0 gives every stage the same LR, "
+                "smaller values give lower stages smaller LRs."
+            )
+        if self.head_learning_rate is not None and not (self.head_learning_rate > 0 and math.isfinite(self.head_learning_rate)):
+            raise ValueError(f"`--head-learning-rate` must be a positive number, got {self.head_learning_rate}.")
+        for name in ("head_epochs", "plateau_patience", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`--{name.replace('_', '-')}` must be >= 0, got {getattr(self, name)}.")
+        for name in ("unfreeze_every", "stages_per_unfreeze", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
+        if self.unfreeze_warmup_epochs < 0:
+            raise ValueError(f"`--unfreeze-warmup-epochs` must be >= 0, got {self.unfreeze_warmup_epochs}.")
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults for a small image dataset on a modest machine.
+
+    Every stock flag still works; only the defaults below differ from transformers'.
+    """
+
+    output_dir: str | None = field(
+        default="runs/hf_finetune", metadata={"help": "Where the model, checkpoints, reports and plots are written."}
+    )
+    # The top backbone stage's LR; lower stages get layer-decayed fractions, the head 10x.
+    learning_rate: float = field(default=3e-4, metadata={"help": "LR of the top backbone stage (see --layer-decay)."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Maximum epochs (early stopping may end sooner)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
+    # Decoupled weight decay; biases, norms, position embeddings and tokens are exempt (see param_groups).
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay on weight matrices."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "LR schedule after warmup (cosine, linear, ...)."})
+    # A float < 1 is a fraction of all steps in transformers 5.
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a fraction of all steps if < 1."})
+    # Small data: soft targets curb over-confidence on a handful of images per class.
+    label_smoothing_factor: float = field(default=0.1, metadata={"help": "Label smoothing of the cross-entropy loss."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best one always is)."})
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Reload the best validation checkpoint before the test evaluation."}
+    )
+    metric_for_best_model: str | None = field(default="macro_f1", metadata={"help": "Validation metric that picks the best checkpoint."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger --metric-for-best-model is better."})
+    # Images arrive through an on-the-fly transform that needs the raw image column.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (the transform needs them)."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers to report to."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})

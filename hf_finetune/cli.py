@@ -1,0 +1,96 @@
+"""`python -m hf_finetune`: parse the dataclass arguments, run, print one summary line.
+
+    python -m hf_finetune --model facebook/dinov2-small --dataset my/imagefolder --output-dir runs/x
+    python -m hf_finetune config.yaml        # every flag from one JSON/YAML file
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from transformers import HfArgumentParser
+
+from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments
+
+logger = logging.getLogger("hf_finetune")
+
+_DESCRIPTION = (
+    "Fine-tune a pretrained vision backbone on an image-classification dataset: head first, then gradual "
+    "unfreezing of encoder stages with layer-wise LR decay, early stopping on validation macro-F1, and a "
+    "one-time evaluation on a held-out test split. Every transformers TrainingArguments flag works too."
+)
+
+
+def build_parser() -> HfArgumentParser:
+    """The argument parser of a training run."""
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments),
+        prog="python -m hf_finetune",
+        description=_DESCRIPTION,
+    )
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments]:
+    """Parses flags, or a single JSON/YAML file holding them all."""
+    parser = build_parser()
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        if argv[0].endswith(".json"):
+            return parser.parse_json_file(argv[0])
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _configure_logging() -> None:
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    logger.setLevel(logging.INFO)
+    transformers.logging.set_verbosity_warning()
+
+
+# Subcommands other than training: name -> "module:function", imported only when used. Each function takes
+# the remaining argv and returns an exit code.
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def _run_subcommand(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, function_name = SUBCOMMANDS[name].split(":")
+    function = getattr(importlib.import_module(module_name, package=__package__), function_name)
+    return function(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m hf_finetune`; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    _configure_logging()
+    if argv and argv[0] in SUBCOMMANDS:
+        return _run_subcommand(argv[0], argv[1:])
+    if argv and argv[0] == "train":  # explicit form of the default command
+        argv = argv[1:]
+    try:
+        model_args, data_args, finetune_args, training_args = parse_args(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from .run import run_finetune
+
+    try:
+        result = run_finetune(model_args, data_args, finetune_args, training_args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = result.test_report
+    print(
+        f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+        f"on {report['num_samples']} held-out images -> {result.output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

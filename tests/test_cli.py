@@ -1,0 +1,102 @@
+"""End to end through `python -m hf_finetune`'s entry point: outputs, reload, refusal of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from hf_finetune.cli import main
+
+FAST = ["--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_checkpoint):
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("e2e")
+    folder = write_image_folder(root / "images", per_class=10)
+    out = root / "out"
+    argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out), *FAST]
+    assert main(argv) == 0
+    return out, folder, argv
+
+
+def test_outputs_exist_with_the_stated_keys(finished_run):
+    out, _, _ = finished_run
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "run_config.json", "schedule.json", "test_report.json", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "test_report.json").read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "labels"} <= set(report)
+    assert report["labels"] == ["cat", "dog", "fish"]
+    assert set(report["per_class"]) == {"cat", "dog", "fish"}
+    assert set(report["per_class"]["cat"]) == {"precision", "recall", "f1", "support"}
+    matrix = report["confusion_matrix"]
+    assert len(matrix) == 3 and sum(map(sum, matrix)) == report["num_samples"]
+    assert sum(v["support"] for v in report["per_class"].values()) == report["num_samples"]
+
+    config = json.loads((out / "run_config.json").read_text())
+    assert {"model", "data", "finetune", "training", "seeds", "versions", "labels", "splits", "freeze_events"} <= set(config)
+    assert config["seeds"]["seed"] == 42 and "torch" in config["versions"]
+    assert config["training"]["num_train_epochs"] == 3.0
+    schedule = json.loads((out / "schedule.json").read_text())
+    assert 1 <= len(schedule["epochs"]) <= 3
+    assert schedule["lr_history"]["step"]
+
+
+def test_saved_model_reloads_with_auto_class_and_pipeline(finished_run):
+    from transformers import AutoModelForImageClassification, pipeline
+
+    out, folder, _ = finished_run
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "cat", 1: "dog", 2: "fish"}
+    classify = pipeline("image-classification", model=str(out))
+    image = Image.open(next((folder / "dog").iterdir()))
+    predictions = classify(image, top_k=3)
+    assert {p["label"] for p in predictions} == {"cat", "dog", "fish"}
+    assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_output_dir_holding_another_run_is_refused(finished_run, tiny_checkpoint, tmp_path, capsys):
+    out, folder, _ = finished_run
+    argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out), *FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a different run" in err and "--overwrite-output-dir" in err
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--layer-decay", "0"], "`--layer-decay` must lie in (0, 1], got 0.0"),
+        (["--strategy", "freeze_all"], "`--strategy` must be one of"),
+        (["--augmentation", "wild"], "`--augmentation` must be one of"),
+        (["--top-k", "0"], "`--top-k` must be >= 1, got 0"),
+    ],
+)
+def test_invalid_flags_are_rejected_at_parse_time(flags, message, capsys, tmp_path):
+    assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_explains_every_flag():
+    result = subprocess.run([sys.executable, "-m", "hf_finetune", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for flag in ("--model", "--dataset", "--strategy", "--layer-decay", "--head-learning-rate", "--train-bn", "--output-dir", "--learning-rate"):
+        assert flag in result.stdout
+
+
+def test_yaml_config_file(tmp_path, tiny_checkpoint, image_folder):
+    from hf_finetune.cli import parse_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_checkpoint('vit')}\ndataset: {image_folder}\nstrategy: top_k\ntop_k: 1\nnum_train_epochs: 2\n")
+    model_args, data_args, finetune_args, training_args = parse_args([str(config)])
+    assert finetune_args.strategy == "top_k" and finetune_args.top_k == 1
+    assert training_args.num_train_epochs == 2 and data_args.dataset == str(image_folder)
