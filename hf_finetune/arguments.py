@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 STRATEGIES = ("linear_probe", "head_then_unfreeze", "top_k", "full")
 AUGMENTATIONS = ("none", "light")
@@ -170,14 +171,14 @@ class FinetuneTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
     # Decoupled weight decay; biases, norms, position embeddings and tokens are exempt (see param_groups).
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay on weight matrices."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "LR schedule after warmup (cosine, linear, ...)."})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "LR schedule after warmup (cosine, linear, ...)."})
     # A float < 1 is a fraction of all steps in transformers 5.
     warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a fraction of all steps if < 1."})
     # Small data: soft targets curb over-confidence on a handful of images per class.
     label_smoothing_factor: float = field(default=0.1, metadata={"help": "Label smoothing of the cross-entropy loss."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    logging_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to log the training loss."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best one always is)."})
     load_best_model_at_end: bool = field(
         default=True, metadata={"help": "Reload the best validation checkpoint before the test evaluation."}
@@ -186,5 +187,9 @@ class FinetuneTrainingArguments(TrainingArguments):
     greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger --metric-for-best-model is better."})
     # Images arrive through an on-the-fly transform that needs the raw image column.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (the transform needs them)."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers to report to."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    # The freeze stage, schedule history and early-stopping counter live in callbacks; a resume must bring them back.
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "Restore the callbacks' state (freeze stage, schedule log) when resuming."}
+    )

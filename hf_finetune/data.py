@@ -134,6 +134,14 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         raise ValueError(f"The dataset {data_args.dataset!r} has no 'train' split; it has {list(raw)}.")
 
     features = raw["train"].features
+    if os.path.isdir(data_args.dataset) and data_args.label_column is None and not any(
+        isinstance(feature, datasets.ClassLabel) for feature in features.values()
+    ):
+        # imagefolder infers labels from class sub-folders only when there are at least two of them.
+        raise ValueError(
+            f"The dataset {data_args.dataset!r} has a single class (one class sub-folder, or images directly in the "
+            "folder); classification needs at least 2 classes, one sub-folder of images per class."
+        )
     image_col = _pick_column(features, data_args.image_column, "image", "image-column")
     label_col = _pick_column(features, data_args.label_column, "label", "label-column")
     labels = list(features[label_col].names)
@@ -234,7 +242,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
         array = np.asarray(image, dtype=np.float64)
         high = array.max() or 1.0
-        image = Image.fromarray((array * (255.0 / high)).astype("uint8"))
+        image = Image.fromarray(np.round(array * (255.0 / high)).astype("uint8"))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -8,11 +8,13 @@ group so unfreezing never rebuilds either. The loop itself is transformers'.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
+from transformers import logging as hf_logging
 
 from .arguments import FinetuneArguments
 from .backbone import StageMap, no_weight_decay_names, split_stages
@@ -88,3 +90,41 @@ class FinetuneTrainer(Trainer):
                 type(base).__name__,
             )
         return self.lr_scheduler
+
+    # ---- checkpoint reloading ------------------------------------------------------------
+    # transformers 5's save_pretrained writes the checkpoint's original key names for models whose weights are
+    # renamed on load (the ViT family: `encoder.layer.0.attention.attention.query` on disk, `layers.0.attention.
+    # q_proj` in memory), but Trainer reloads checkpoints (resume, best model) with a raw load_state_dict(strict=
+    # False): the renamed tensors are silently skipped, leaving a mix of best and last weights. Reloading through
+    # from_pretrained applies the same renaming as the first load, and strict loading makes any gap an error.
+
+    def _can_reload_via_from_pretrained(self, checkpoint: str, model: torch.nn.Module) -> bool:
+        from transformers import PreTrainedModel
+
+        plain = isinstance(model, PreTrainedModel) and not hasattr(model, "peft_config")
+        return plain and not (self.is_deepspeed_enabled or self.is_fsdp_enabled) and os.path.isfile(
+            os.path.join(checkpoint, "config.json")
+        )
+
+    def _reload_weights(self, checkpoint: str, model: torch.nn.Module) -> None:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the reload's load report would repeat the first load's
+        try:
+            reloaded = type(model).from_pretrained(checkpoint, config=model.config)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        model.load_state_dict(reloaded.state_dict(), strict=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = self.model if model is None else model
+        if not self._can_reload_via_from_pretrained(resume_from_checkpoint, model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("Loading model weights from %s", resume_from_checkpoint)
+        self._reload_weights(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        checkpoint = self.state.best_model_checkpoint
+        if not self._can_reload_via_from_pretrained(checkpoint, self.model):
+            return super()._load_best_model()
+        logger.info("Loading the best model from %s (validation %s %.4f)", checkpoint, self.args.metric_for_best_model, self.state.best_metric)
+        self._reload_weights(checkpoint, self.model)
