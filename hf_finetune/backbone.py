@@ -646,8 +646,25 @@ def load_model_and_processor(
     except OSError as err:
         raise _location_error(model_name_or_path, err) from err
     _refresh_head(model, original, id2label, loading_info, model_name_or_path)
+    _fix_tf_batchnorm_momentum(model)
     processor = _load_processor(model_name_or_path, hub_kwargs)
     return model, processor
+
+
+def _fix_tf_batchnorm_momentum(model: nn.Module) -> None:
+    """Turns TensorFlow-style BatchNorm decay values (e.g. 0.997) into PyTorch momentum (0.003).
+
+    transformers' MobileNetV2 passes TF's decay straight to `nn.BatchNorm2d(momentum=0.997)`: in PyTorch that makes
+    every training batch overwrite the running statistics, so a trained stage evaluates with the last batch's
+    statistics. A PyTorch momentum above 0.5 is never intended; `1 - m` restores the TF behaviour.
+    """
+    fixed = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None and module.momentum > 0.5:
+            module.momentum = 1.0 - module.momentum
+            fixed += 1
+    if fixed:
+        logger.warning("Set the BatchNorm momentum of %d layers from TF-style decay to PyTorch momentum (1 - m).", fixed)
 
 
 def _check_labels(id2label: dict[int, str]) -> tuple[dict[int, str], dict[str, int]]:
