@@ -8,6 +8,7 @@ JSON or YAML file, and every `TrainingArguments` flag works as well.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -193,3 +194,13 @@ class FinetuneTrainingArguments(TrainingArguments):
     restore_callback_states_from_checkpoint: bool = field(
         default=True, metadata={"help": "Restore the callbacks' state (freeze stage, schedule log) when resuming."}
     )
+
+    def __post_init__(self) -> None:
+        # Under torchrun / accelerate launch on a machine without GPUs, accelerate only starts a (gloo) process group
+        # when told to run on CPU; without it every process would train alone on the whole dataset.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                self.use_cpu = True
+        super().__post_init__()
