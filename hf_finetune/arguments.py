@@ -16,6 +16,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 
 STRATEGIES = ("linear_probe", "head_then_unfreeze", "top_k", "full")
 AUGMENTATIONS = ("none", "light")
+PEFT_METHODS = ("none", "lora")
 
 
 @dataclass
@@ -134,6 +135,26 @@ class FinetuneArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an --output-dir that already holds a different run."}
     )
+    peft: str = field(
+        default="none",
+        metadata={
+            "help": f"Parameter-efficient fine-tuning, one of {PEFT_METHODS}. 'lora' trains LoRA adapters in the "
+            "backbone (base weights stay frozen; adapters follow the freezing strategy stage by stage) and the head "
+            "fully; the saved model has the adapters merged in, the adapter alone goes to OUTPUT_DIR/adapter/."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "--peft lora: rank of the adapter matrices."})
+    lora_alpha: float = field(default=16, metadata={"help": "--peft lora: scaling numerator (adapter update x alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "--peft lora: dropout on the adapter's input."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "--peft lora: comma-separated module names (or name suffixes) that get adapters, e.g. "
+            "'q_proj,v_proj'; 'all-linear' for every linear layer. Default: chosen per architecture by the backbone "
+            "adapter (attention query/value projections for ViT-family models, non-depthwise convolutions and "
+            "linear layers of the blocks for CNNs)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -153,6 +174,48 @@ class FinetuneArguments:
                 raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
         if self.unfreeze_warmup_epochs < 0:
             raise ValueError(f"`--unfreeze-warmup-epochs` must be >= 0, got {self.unfreeze_warmup_epochs}.")
+        self._check_peft()
+
+    def _check_peft(self) -> None:
+        if self.peft not in PEFT_METHODS:
+            raise ValueError(f"`--peft` must be one of {PEFT_METHODS}, got {self.peft!r}.")
+        if self.peft == "none":
+            if self.lora_target_modules is not None:
+                raise ValueError(
+                    f"`--lora-target-modules` {self.lora_target_modules!r} was given without `--peft lora`: add "
+                    "`--peft lora` or drop the flag."
+                )
+            return
+        if self.lora_r < 1:
+            raise ValueError(f"`--lora-r` must be >= 1, got {self.lora_r}.")
+        if not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise ValueError(f"`--lora-alpha` must be a positive number, got {self.lora_alpha}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"`--lora-dropout` must lie in [0, 1), got {self.lora_dropout}.")
+        if self.lora_target_modules is not None and not [m for m in self.lora_target_modules.split(",") if m.strip()]:
+            raise ValueError(
+                f"`--lora-target-modules` names no module, got {self.lora_target_modules!r}: pass e.g. 'q_proj,v_proj' "
+                "or leave it out for the per-architecture default."
+            )
+        if self.strategy == "linear_probe":
+            raise ValueError(
+                "`--peft lora` trains adapters inside the backbone, but `--strategy linear_probe` never unfreezes "
+                "it: choose head_then_unfreeze, top_k or full, or drop `--peft`."
+            )
+        if self.train_bn:
+            raise ValueError(
+                "`--train-bn` cannot be combined with `--peft lora`: LoRA keeps every base weight and BatchNorm "
+                "statistic of the backbone as pretrained, so that the saved adapter reproduces the merged model. "
+                "Drop one of the two flags."
+            )
+
+    @property
+    def lora_target_module_list(self) -> list[str] | str | None:
+        """`--lora-target-modules` as peft takes it: a list of names, the string 'all-linear', or None (default)."""
+        if self.lora_target_modules is None:
+            return None
+        names = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        return "all-linear" if names == ["all-linear"] else names
 
 
 @dataclass
@@ -204,3 +267,38 @@ class FinetuneTrainingArguments(TrainingArguments):
             if not torch.cuda.is_available():
                 self.use_cpu = True
         super().__post_init__()
+
+@dataclass
+class ShareArguments:
+    """Sharing the result: model card, Hub upload, Gradio Space.
+
+    Pushing itself is switched on with the stock `--push-to-hub` flag (repository `--hub-model-id`, default: the
+    output directory's name in your namespace; `--hub-private-repo`). hf_finetune uploads once, at the end, from the
+    complete output directory; the Trainer never pushes mid-run. The token comes from `HF_TOKEN` or `hf auth login`.
+    """
+
+    push_demo: bool = field(
+        default=False,
+        metadata={"help": "With --push-to-hub: also create a Gradio Space (spaces_demo/) that runs the pushed model."},
+    )
+    space_id: str | None = field(
+        default=None, metadata={"help": "Space repository for --push-demo (default: the model repository id + '-demo')."}
+    )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "Licence in the model card metadata (a Hub licence id such as apache-2.0). Default: the base "
+            "model's licence when its model card or timm config states one, else 'other'."
+        },
+    )
+    example_images: int = field(
+        default=4,
+        metadata={
+            "help": "Test images (spread over the classes) copied to OUTPUT_DIR/examples/ for the demo; they are "
+            "uploaded with the model. 0 keeps private data out of the repository."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.example_images < 0:
+            raise ValueError(f"`--example-images` must be >= 0, got {self.example_images}.")

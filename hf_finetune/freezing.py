@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from .arguments import FinetuneArguments
-from .backbone import StageMap, split_stages
+from .backbone import StageMap, split_stages, tunable_parameter_names
 from .lr_schedule import refresh_learning_rates
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def set_trainable_stages(
 ) -> None:
     """Makes exactly the stages in `trainable` (plus the head) trainable and freezes the rest.
 
+    For a peft model, "trainable" covers only the adapter parameters of those stages (see
+    `backbone.tunable_parameter_names`); its base weights stay frozen whatever the stage.
+
     Args:
         model (`torch.nn.Module`): the model.
         stage_map (`StageMap`): its stages.
@@ -65,10 +68,12 @@ def set_trainable_stages(
     trainable = trainable | {stage_map.head.name}
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
+    # Under peft only adapters (and the head's trainable copy) follow the schedule; base weights stay frozen.
+    tunable = tunable_parameter_names(model)
     for stage in stage_map.stages:
         frozen = stage.name not in trainable
         for name in stage.param_names:
-            params[name].requires_grad_(not frozen)
+            params[name].requires_grad_(not frozen and (tunable is None or name in tunable))
         for module_name in stage.module_names:
             module = modules[module_name]
             if not getattr(module, _HOOKED_FLAG, False):
