@@ -1,10 +1,21 @@
 """hf_finetune: disciplined fine-tuning of pretrained vision backbones on small image datasets."""
 
-from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments
-from .backbone import Stage, StageMap, load_model_and_processor, no_weight_decay_names, split_stages
+from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, ShareArguments
+from .backbone import (
+    Stage,
+    StageMap,
+    load_model_and_processor,
+    lora_target_modules,
+    no_weight_decay_names,
+    split_stages,
+    tunable_parameter_names,
+)
 from .data import DataSplits, attach_transforms, collate, load_splits
 from .evaluation import classification_report, compute_metrics
 from .freezing import StageUnfreezeCallback, set_trainable_stages, unfreeze_units
+from .hub import PushResult, push_to_hub
+from .lora import apply_lora, save_lora_model
+from .model_card import build_model_card, write_model_card
 from .param_groups import build_param_groups, stage_learning_rates
 from .run import RunResult, build_trainer, run_finetune
 from .schedule_log import ScheduleRecorderCallback
@@ -19,12 +30,16 @@ __all__ = [
     "FinetuneTrainer",
     "FinetuneTrainingArguments",
     "ModelArguments",
+    "PushResult",
     "RunResult",
     "ScheduleRecorderCallback",
+    "ShareArguments",
     "Stage",
     "StageMap",
     "StageUnfreezeCallback",
+    "apply_lora",
     "attach_transforms",
+    "build_model_card",
     "build_param_groups",
     "build_trainer",
     "classification_report",
@@ -32,10 +47,15 @@ __all__ = [
     "compute_metrics",
     "load_model_and_processor",
     "load_splits",
+    "lora_target_modules",
     "no_weight_decay_names",
+    "push_to_hub",
     "run_finetune",
+    "save_lora_model",
     "set_trainable_stages",
     "split_stages",
     "stage_learning_rates",
+    "tunable_parameter_names",
     "unfreeze_units",
+    "write_model_card",
 ]

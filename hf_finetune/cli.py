@@ -12,7 +12,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments
+from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, ShareArguments
 
 logger = logging.getLogger("hf_finetune")
 
@@ -26,14 +26,16 @@ _DESCRIPTION = (
 def build_parser() -> HfArgumentParser:
     """The argument parser of a training run."""
     parser = HfArgumentParser(
-        (ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments),
+        (ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments, ShareArguments),
         prog="python -m hf_finetune",
         description=_DESCRIPTION,
     )
     return parser
 
 
-def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments]:
+def parse_args(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments, ShareArguments]:
     """Parses flags, or a single JSON/YAML file holding them all."""
     parser = build_parser()
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
@@ -53,7 +55,11 @@ def _configure_logging() -> None:
 
 # Subcommands other than training: name -> "module:function", imported only when used. Each function takes
 # the remaining argv and returns an exit code.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "card": ".model_card:card_main",
+    "push": ".hub:push_main",
+    "demo": ".demo:demo_main",
+}
 
 
 def _run_subcommand(name: str, argv: list[str]) -> int:
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":  # explicit form of the default command
         argv = argv[1:]
     try:
-        model_args, data_args, finetune_args, training_args = parse_args(argv)
+        model_args, data_args, finetune_args, training_args, share_args = parse_args(argv)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from .run import run_finetune
 
     try:
-        result = run_finetune(model_args, data_args, finetune_args, training_args)
+        result = run_finetune(model_args, data_args, finetune_args, training_args, share_args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -92,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
         f"on {report['num_samples']} held-out images -> {result.output_dir}"
     )
+    if result.push is not None and not result.push.ok:
+        print(
+            f"hf_finetune: upload failed ({result.push.error}); the output in {result.output_dir} is complete. "
+            f"Retry with:\n  {result.push.retry_command}",
+            file=sys.stderr,
+        )
+        return 1
+    if result.push is not None:
+        print(f"hf_finetune: pushed to {result.push.url}")
     return 0
 
 

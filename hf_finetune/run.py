@@ -6,6 +6,7 @@ The CLI calls `run_finetune`; from Python, the same pieces can be assembled by h
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -20,11 +21,12 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, set_seed
 
-from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments
+from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, ShareArguments
 from .backbone import StageMap, load_model_and_processor, split_stages
 from .data import DataSplits, attach_transforms, collate, load_splits
 from .evaluation import classification_report, compute_metrics, write_test_report
 from .freezing import StageUnfreezeCallback
+from .hub import PushResult, check_repo_id, default_repo_id, push_to_hub, redact_argv
 from .schedule_log import ScheduleRecorderCallback
 from .trainer import FinetuneTrainer
 
@@ -40,6 +42,7 @@ class RunResult:
     output_dir: str
     test_report: dict[str, Any]
     stage_map: StageMap
+    push: PushResult | None = None  # set when --push-to-hub was given
 
 
 def library_versions() -> dict[str, str]:
@@ -105,7 +108,7 @@ def write_run_config(
         "training": training,
         "seeds": {"seed": training_args.seed, "data_seed": training_args.data_seed, "split_seed": training_args.seed},
         "versions": library_versions(),
-        "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+        "command": [os.path.basename(sys.argv[0]), *redact_argv(sys.argv[1:])],
         **extra,
     }
     with open(path, "w") as f:
@@ -146,11 +149,24 @@ def evaluate_test_split(trainer: FinetuneTrainer, splits: DataSplits) -> dict[st
     return classification_report(np.asarray(output.label_ids), np.asarray(logits).argmax(-1), splits.labels)
 
 
+def _trainer_arguments(training_args: FinetuneTrainingArguments) -> FinetuneTrainingArguments:
+    """The Trainer's copy of the arguments: it never pushes (we push once, at the end) and never holds the token.
+
+    The stock Trainer creates the repository at init and pushes on every save when `push_to_hub` is set, and pickles
+    its arguments (the token included) into training_args.bin of every checkpoint.
+    """
+    trainer_args = copy.copy(training_args)
+    trainer_args.push_to_hub = False
+    trainer_args.hub_token = None
+    return trainer_args
+
+
 def run_finetune(
     model_args: ModelArguments,
     data_args: DataArguments,
     finetune_args: FinetuneArguments,
     training_args: FinetuneTrainingArguments,
+    share_args: ShareArguments | None = None,
 ) -> RunResult:
     """Runs one fine-tuning job and writes everything into `training_args.output_dir`.
 
@@ -158,11 +174,21 @@ def run_finetune(
         model_args (`ModelArguments`): which backbone.
         data_args (`DataArguments`): which data.
         finetune_args (`FinetuneArguments`): the recipe.
-        training_args (`FinetuneTrainingArguments`): the Trainer's arguments.
+        training_args (`FinetuneTrainingArguments`): the Trainer's arguments (`--push-to-hub`, `--hub-model-id`,
+            `--hub-private-repo`, `--hub-token` drive the final upload).
+        share_args (`ShareArguments`, *optional*): model card, example images, demo Space (defaults if omitted).
 
     Returns:
-        `RunResult` with the output directory and the test report.
+        `RunResult` with the output directory, the test report and, with `--push-to-hub`, the upload's result.
     """
+    share_args = share_args or ShareArguments()
+    if share_args.push_demo and not training_args.push_to_hub:
+        raise ValueError("`--push-demo` creates a Space for the pushed model: add `--push-to-hub` or drop `--push-demo`.")
+    repo_id = training_args.hub_model_id or default_repo_id(training_args.output_dir)
+    if training_args.push_to_hub:  # refuse a bad repository id before training, not after
+        check_repo_id(repo_id, "--hub-model-id")
+        if share_args.space_id:
+            check_repo_id(share_args.space_id, "--space-id")
     output_dir = training_args.output_dir
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", True):
@@ -182,27 +208,46 @@ def run_finetune(
         trust_remote_code=model_args.trust_remote_code,
     )
     preprocessing = attach_transforms(splits, processor, data_args.augmentation)
+    if finetune_args.peft == "lora":
+        from .lora import apply_lora
+
+        model = apply_lora(model, finetune_args)
     stage_map = split_stages(model)
 
-    trainer = build_trainer(model, processor, splits, finetune_args, training_args)
+    trainer = build_trainer(model, processor, splits, finetune_args, _trainer_arguments(training_args))
     run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
     extra = {
         "labels": splits.labels,
         "splits": splits.provenance,
         "preprocessing": dataclasses.asdict(preprocessing),
         "stages": [{"name": s.name, "num_tensors": len(s.param_names)} for s in stage_map.stages],
+        "stage_family": stage_map.family,
         "resumed_from": resume,
+        "share": dataclasses.asdict(share_args),
     }
+    if finetune_args.peft == "lora":
+        from .lora import lora_summary
+
+        extra["peft"] = lora_summary(model)
     if trainer.is_world_process_zero():
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
 
     trainer.train(resume_from_checkpoint=resume)
     report = evaluate_test_split(trainer, splits)
 
+    push = None
     if trainer.is_world_process_zero():
-        trainer.save_model(output_dir)
+        if finetune_args.peft == "lora":
+            from .lora import save_lora_model
+
+            save_lora_model(trainer.model, output_dir)  # adapter -> OUTPUT_DIR/adapter, merged model -> OUTPUT_DIR
+        else:
+            trainer.save_model(output_dir)
         processor.save_pretrained(output_dir)
         write_test_report(report, output_dir)
+        from .demo import save_example_images
+
+        save_example_images(splits.test, splits.labels, output_dir, share_args.example_images)
         unfreeze = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StageUnfreezeCallback))
         recorder = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ScheduleRecorderCallback))
         extra["freeze_events"] = unfreeze.events
@@ -210,4 +255,16 @@ def run_finetune(
         extra["best_validation_macro_f1"] = trainer.state.best_metric
         extra["epochs_run"] = len(recorder.records)
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
-    return RunResult(output_dir=output_dir, test_report=report, stage_map=stage_map)
+        from .model_card import write_model_card
+
+        write_model_card(output_dir)  # after every run, from the records just written
+        if training_args.push_to_hub:  # once, from the complete output directory
+            push = push_to_hub(
+                output_dir,
+                repo_id,
+                private=training_args.hub_private_repo,
+                token=training_args.hub_token,
+                push_demo=share_args.push_demo,
+                space_id=share_args.space_id,
+            )
+    return RunResult(output_dir=output_dir, test_report=report, stage_map=stage_map, push=push)

@@ -7,6 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo tests never call home
 
 from pathlib import Path  # noqa: E402
 
@@ -17,6 +18,8 @@ from PIL import Image  # noqa: E402
 from tiny_models import save_tiny_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+if not SHARED.is_dir():  # a worktree elsewhere than next to ../shared
+    SHARED = Path("/work/shared")
 
 # One colour per class plus noise: learnable in a few steps, so "weights changed" tests are meaningful.
 _CLASS_COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
@@ -57,3 +60,30 @@ def tiny_checkpoint(tmp_path_factory):
         return cache[kind]
 
     return make
+
+
+# Flags of a quick CLI run on a tiny model (3 epochs: head, then two unfreeze steps).
+FAST_RUN_FLAGS = ["--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
+
+
+@pytest.fixture(scope="session")
+def finished_run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A finished `python -m hf_finetune` run on a tiny ViT: model, card, plots, reports, examples.
+
+    Shared by the card, hub and demo tests: tests that change files work on a copy (`copy_run`).
+    """
+    from hf_finetune.cli import main
+
+    root = tmp_path_factory.mktemp("finished_run")
+    folder = write_image_folder(root / "images", per_class=10)
+    out = root / "out"
+    assert main(["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]) == 0
+    return out
+
+
+def copy_run(run_dir: Path, destination: Path) -> Path:
+    """A copy of a finished run's output directory (checkpoints included) that a test may modify."""
+    import shutil
+
+    shutil.copytree(run_dir, destination)
+    return destination

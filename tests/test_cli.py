@@ -97,6 +97,6 @@ def test_yaml_config_file(tmp_path, tiny_checkpoint, image_folder):
 
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_checkpoint('vit')}\ndataset: {image_folder}\nstrategy: top_k\ntop_k: 1\nnum_train_epochs: 2\n")
-    model_args, data_args, finetune_args, training_args = parse_args([str(config)])
+    model_args, data_args, finetune_args, training_args, _ = parse_args([str(config)])
     assert finetune_args.strategy == "top_k" and finetune_args.top_k == 1
     assert training_args.num_train_epochs == 2 and data_args.dataset == str(image_folder)
