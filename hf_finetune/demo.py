@@ -16,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from PIL import Image
+
 logger = logging.getLogger(__name__)
 
 # Source checkouts (and editable installs) keep the Space folder next to the package.
@@ -57,11 +59,14 @@ def save_example_images(dataset: Any, labels: list[str], output_dir: str, count:
     Returns:
         `list[str]`: the written paths.
     """
+    import datasets
+
+    from .data import to_rgb
     from .model_card import EXAMPLES_DIR
 
     if count <= 0 or len(dataset) == 0:
         return []
-    raw = dataset.with_format(None)  # the raw PIL images, not the training/eval transform's tensors
+    raw = dataset.with_format(None)  # the stored images, not the training/eval transform's tensors
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(raw["label"]):
         by_class.setdefault(int(label), []).append(index)
@@ -77,9 +82,12 @@ def save_example_images(dataset: Any, labels: list[str], output_dir: str, count:
     paths = []
     for index in picked:
         example = raw[index]
+        image = example["image"]
+        if not isinstance(image, Image.Image):  # an undecoded {"path", "bytes"} reference
+            image = datasets.Image().decode_example(image)
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in labels[int(example["label"])])
         path = os.path.join(folder, f"{name}_{index}.png")
-        example["image"].convert("RGB").save(path)
+        to_rgb(image).save(path)
         paths.append(path)
     return paths
 

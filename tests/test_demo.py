@@ -37,6 +37,21 @@ def test_spaces_demo_folder_can_be_pushed_as_a_space_as_is():
     assert "hf_finetune" not in imported
 
 
+def test_example_images_are_spread_over_classes_from_decoded_or_undecoded_images(image_folder, tmp_path):
+    import datasets
+
+    from hf_finetune import DataArguments, load_splits
+    from hf_finetune.demo import save_example_images
+
+    splits = load_splits(DataArguments(dataset=str(image_folder)), seed=0)
+    for name, split in (("decoded", splits.test), ("undecoded", splits.test.cast_column("image", datasets.Image(decode=False)))):
+        paths = save_example_images(split, splits.labels, str(tmp_path / name), 4)
+        assert len(paths) == 4 and {Path(p).name.split("_")[0] for p in paths} == {"cat", "dog", "fish"}
+        assert all(Image.open(p).mode == "RGB" for p in paths)
+    assert save_example_images(splits.test, splits.labels, str(tmp_path / "none"), 0) == []
+    assert not (tmp_path / "none").exists()
+
+
 def test_model_resolution_order(monkeypatch, tmp_path):
     app = load_app()
     monkeypatch.setenv(app.MODEL_ENV, "env/model")
