@@ -268,6 +268,7 @@ class FinetuneTrainingArguments(TrainingArguments):
                 self.use_cpu = True
         super().__post_init__()
 
+
 @dataclass
 class ShareArguments:
     """Sharing the result: model card, Hub upload, Gradio Space.
