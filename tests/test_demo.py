@@ -35,6 +35,12 @@ def test_spaces_demo_folder_can_be_pushed_as_a_space_as_is():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert "hf_finetune" not in imported
+    # ... and it runs as a script from anywhere (a Space runs `python app.py`).
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(SPACES_DEMO_DIR / "app.py"), "--help"], capture_output=True, text=True, cwd="/", timeout=60)
+    assert result.returncode == 0 and "HF_FINETUNE_MODEL" in result.stdout
 
 
 def test_example_images_are_spread_over_classes_from_decoded_or_undecoded_images(image_folder, tmp_path):
