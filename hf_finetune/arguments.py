@@ -70,6 +70,13 @@ class DataArguments:
         default="light",
         metadata={"help": f"Training augmentation, one of {AUGMENTATIONS}. 'light' = random resized crop + flip."},
     )
+    check_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode every image once before training and leave out (with a logged list, recorded in "
+            "run_config.json) the ones that cannot be read, instead of failing mid-epoch."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("validation_fraction", "test_fraction"):

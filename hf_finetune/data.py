@@ -33,6 +33,7 @@ class DataSplits:
         train, validation, test (`datasets.Dataset`): the splits, each with the columns `image` and `label`.
         labels (`list[str]`): class names; label id i is `labels[i]`.
         provenance (`dict`): which split came from where, recorded in `run_config.json`.
+        skipped_files (`list[dict]`): files left out of the run and why (see `image_check`).
     """
 
     train: Any
@@ -40,6 +41,7 @@ class DataSplits:
     test: Any
     labels: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -66,6 +68,12 @@ def _load_raw(data_args: DataArguments):
     try:
         return datasets.load_dataset(source, data_args.dataset_config)
     except (FileNotFoundError, ConnectionError, OSError) as err:
+        if "offline" in str(err).lower() or isinstance(err, ConnectionError):
+            raise ValueError(
+                f"`--dataset` {source!r} is not a local directory and is not in the datasets cache, and the Hub cannot "
+                f"be reached (offline: {err}). Download it once with network access (e.g. `hf download --repo-type "
+                f"dataset {source}`), or pass a local ImageFolder directory (one sub-folder of images per class)."
+            ) from err
         raise ValueError(
             f"`--dataset` {source!r} is neither a local directory nor a Hub dataset that could be loaded ({err}). "
             "Pass a local ImageFolder directory (class sub-folders of images), or a Hub dataset id while online "
@@ -91,13 +99,93 @@ def _pick_column(features: Any, wanted: str | None, kind: str, flag: str) -> str
     )
 
 
+def _as_image_column(raw: Any, column: str) -> Any:
+    """Casts a column of paths or encoded bytes to `datasets.Image`; refuses anything else."""
+    import datasets
+
+    if isinstance(raw["train"].features[column], datasets.Image):
+        return raw
+    try:
+        return raw.cast_column(column, datasets.Image())
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`--image-column` {column!r} holds {raw['train'].features[column]}, not images: name a column of "
+            f"images, image file paths or encoded image bytes ({err})."
+        ) from err
+
+
+def _relabel(raw: Any, column: str, new_ids: dict[Any, int], names: list[str]) -> Any:
+    """Rewrites `column` as a `ClassLabel(names)`, value `v` becoming id `new_ids[v]` (the images stay untouched)."""
+    import datasets
+
+    features = raw["train"].features.copy()
+    features[column] = datasets.ClassLabel(names=names)
+    return raw.map(
+        lambda values: {column: [new_ids[v] for v in values]},
+        input_columns=[column],
+        batched=True,
+        features=features,
+        desc="Relabelling",
+    )
+
+
+def _as_class_label_column(raw: Any, column: str) -> Any:
+    """Encodes a column of strings/integers as one `ClassLabel` shared by every split (sorted class names)."""
+    import datasets
+
+    if isinstance(raw["train"].features[column], datasets.ClassLabel):
+        return raw
+    values = sorted({v for split in raw.values() for v in split[column]}, key=lambda v: (str(type(v)), v))
+    if not values or not all(isinstance(v, (str, int, bool)) for v in values):
+        raise ValueError(
+            f"`--label-column` {column!r} holds {raw['train'].features[column]}: name a column of class names or "
+            "class ids (strings or integers)."
+        )
+    return _relabel(raw, column, {v: i for i, v in enumerate(values)}, [str(v) for v in values])
+
+
+def _drop_empty_classes(raw: Any, column: str) -> tuple[Any, list[str]]:
+    """Removes class names that no image carries any more (every file of the class was unreadable)."""
+    names = raw["train"].features[column].names
+    counts = Counter(label for split in raw.values() for label in split[column])
+    empty = [name for i, name in enumerate(names) if counts[i] == 0]
+    if not empty:
+        return raw, []
+    keep = [i for i in range(len(names)) if counts[i] > 0]
+    logger.warning(
+        "Class(es) %s have no readable image left: they are not classes of this run. Add readable images to train "
+        "on them.",
+        empty,
+    )
+    return _relabel(raw, column, {old: new for new, old in enumerate(keep)}, [names[i] for i in keep]), empty
+
+
 def _find_split(raw: Any, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in raw), None)
 
 
-def _stratified_split(dataset: Any, fraction: float, seed: int, what: str) -> tuple[Any, Any]:
-    """Splits off `fraction` of `dataset`, stratified by label. Returns (rest, held_out)."""
-    counts = Counter(dataset["label"])
+def _stratified_split(dataset: Any, fraction: float, seed: int, what: str, labels: list[str]) -> tuple[Any, Any, list[str]]:
+    """Splits off `fraction` of `dataset`, stratified by label. Returns (rest, held_out, train-only class names).
+
+    A class with a single image cannot be in both parts: it stays on the training side, with a warning.
+    """
+    import datasets
+
+    label_ids = list(dataset["label"])
+    counts = Counter(label_ids)
+    thin = sorted(label for label, count in counts.items() if count < 2)
+    thin_names = [labels[i] for i in thin]
+    if thin:
+        logger.warning(
+            "Class(es) %s have a single image left for the %s split: kept in train only, so the %s metrics do not "
+            "measure them. Add images (at least 3 per class; better 10+), or provide a %s split.",
+            thin_names, what, what, what,
+        )
+        dataset, kept_aside = (
+            dataset.select([i for i, label in enumerate(label_ids) if label not in thin]),
+            dataset.select([i for i, label in enumerate(label_ids) if label in thin]),
+        )
+        counts = Counter({label: count for label, count in counts.items() if label not in thin})
     n_classes = len(counts)
     n_held = round(len(dataset) * fraction)
     if n_held < n_classes or len(dataset) - n_held < n_classes:
@@ -106,14 +194,9 @@ def _stratified_split(dataset: Any, fraction: float, seed: int, what: str) -> tu
             f"{n_held} held-out images, fewer than one per class. Add images, raise `--{what}-fraction`, or provide "
             f"a {what} split (a `{what if what != 'validation' else 'val'}/` folder)."
         )
-    thin = sorted(label for label, count in counts.items() if count < 2)
-    if thin:
-        raise ValueError(
-            f"Cannot make a stratified {what} split: class ids {thin} have a single image. Every class needs at least "
-            f"2 images (better: 10+), or provide a separate {what} split."
-        )
     parts = dataset.train_test_split(test_size=n_held, stratify_by_column="label", seed=seed)
-    return parts["train"], parts["test"]
+    rest = datasets.concatenate_datasets([parts["train"], kept_aside]) if thin else parts["train"]
+    return rest, parts["test"], thin_names
 
 
 def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
@@ -146,7 +229,15 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         )
     image_col = _pick_column(features, data_args.image_column, "image", "image-column")
     label_col = _pick_column(features, data_args.label_column, "label", "label-column")
-    labels = list(features[label_col].names)
+    raw = _as_class_label_column(_as_image_column(raw, image_col), label_col)
+    image_check = None
+    if data_args.check_images:
+        from .image_check import drop_unreadable_images
+
+        local_root = data_args.dataset if os.path.isdir(data_args.dataset) else None
+        raw, image_check = drop_unreadable_images(raw, image_col, local_root)
+    raw, empty_classes = _drop_empty_classes(raw, label_col)
+    labels = list(raw["train"].features[label_col].names)
     if len(labels) < 2:
         raise ValueError(
             f"The dataset {data_args.dataset!r} has a single class ({labels}); classification needs at least 2 "
@@ -164,6 +255,11 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
     train = normalise(raw["train"])
     val_name, test_name = _find_split(raw, _VALIDATION_NAMES), _find_split(raw, _TEST_NAMES)
     provenance: dict[str, Any] = {"source": data_args.dataset, "image_column": image_col, "label_column": label_col}
+    if image_check is not None:
+        provenance["image_check"] = image_check.summary()
+    if empty_classes:
+        provenance["dropped_classes"] = empty_classes
+    train_only: list[str] = []
 
     if test_name is not None:
         test = normalise(raw[test_name])
@@ -173,19 +269,26 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         provenance["test"] = f"dataset split '{val_name}' (no test split given; it stays untouched until the end)"
         val_name = None
     else:
-        train, test = _stratified_split(train, data_args.test_fraction, seed, "test")
+        train, test, thin = _stratified_split(train, data_args.test_fraction, seed, "test", labels)
+        train_only += thin
         provenance["test"] = f"stratified {data_args.test_fraction:.0%} of train (seed {seed})"
 
     if val_name is not None:
         validation = normalise(raw[val_name])
         provenance["validation"] = f"dataset split '{val_name}'"
     else:
-        train, validation = _stratified_split(train, data_args.validation_fraction, seed, "validation")
+        train, validation, thin = _stratified_split(train, data_args.validation_fraction, seed, "validation", labels)
+        train_only += [name for name in thin if name not in train_only]
         provenance["validation"] = f"stratified {data_args.validation_fraction:.0%} of train (seed {seed})"
     carved = [name for name in ("validation", "test") if provenance[name].startswith("stratified")]
     provenance["train"] = "dataset split 'train'" + (f" minus the held-out {' and '.join(carved)}" if carved else "")
 
-    splits = DataSplits(train=train, validation=validation, test=test, labels=labels, provenance=provenance)
+    if train_only:
+        provenance["train_only_classes"] = train_only
+    splits = DataSplits(
+        train=train, validation=validation, test=test, labels=labels, provenance=provenance,
+        skipped_files=image_check.skipped_files if image_check is not None else [],
+    )
     provenance["counts"] = splits.counts()
     logger.info(
         "Data: %d train / %d validation / %d test images, %d classes %s",

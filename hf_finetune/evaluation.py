@@ -46,9 +46,12 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
     """
     ids = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    # Macro-F1 over the classes the split holds or the model predicted: a class with no test image (e.g. a
+    # single-image class kept in train only) and no prediction has no F1 to average, not an F1 of 0.
+    seen = sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(labels, precision, recall, f1, support)

@@ -53,14 +53,6 @@ def test_single_class_dataset_is_refused(tmp_path):
         load_splits(DataArguments(dataset=str(root)), seed=0)
 
 
-def test_class_with_one_image_cannot_be_stratified(tmp_path):
-    root = write_image_folder(tmp_path / "d", per_class=10)
-    for extra in list((root / "fish").iterdir())[1:]:
-        extra.unlink()
-    with pytest.raises(ValueError, match="single image"):
-        load_splits(DataArguments(dataset=str(root)), seed=0)
-
-
 def test_unknown_column_names_the_existing_columns(image_folder):
     with pytest.raises(ValueError, match=r"`--image-column` 'img' is not a column of the dataset; columns are \['image', 'label'\]"):
         load_splits(DataArguments(dataset=str(image_folder), image_column="img"), seed=0)
