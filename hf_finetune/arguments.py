@@ -17,6 +17,8 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 STRATEGIES = ("linear_probe", "head_then_unfreeze", "top_k", "full")
 AUGMENTATIONS = ("none", "light")
 PEFT_METHODS = ("none", "lora")
+# What an evaluation reports (`evaluation.compute_metrics` plus the loss): the metrics a run can select on.
+VALIDATION_METRICS = ("macro_f1", "accuracy", "loss")
 
 
 @dataclass
@@ -181,6 +183,11 @@ class FinetuneArguments:
                 raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
         if self.unfreeze_warmup_epochs < 0:
             raise ValueError(f"`--unfreeze-warmup-epochs` must be >= 0, got {self.unfreeze_warmup_epochs}.")
+        if self.unfreeze_on_plateau and self.strategy != "head_then_unfreeze":
+            raise ValueError(
+                f"`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`, got {self.strategy!r}: "
+                "drop the flag or switch the strategy."
+            )
         self._check_peft()
 
     def _check_peft(self) -> None:
@@ -265,7 +272,32 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Restore the callbacks' state (freeze stage, schedule log) when resuming."}
     )
 
+    def __getstate__(self) -> dict:
+        # The Trainer pickles these arguments into every checkpoint and the output dir (training_args.bin): the Hub
+        # token must not travel with them (it stays usable in this process).
+        state = self.__dict__.copy()
+        if state.get("hub_token") is not None:
+            state["hub_token"] = None
+        return state
+
     def __post_init__(self) -> None:
+        # Checked before the parent's own checks so a bad value is reported with the flag's name, at parse time,
+        # instead of after the model has loaded (or, for negative epochs, never: zero steps and a "result").
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"`--num-train-epochs` must be > 0 (or set `--max-steps`), got {self.num_train_epochs}.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"`--learning-rate` must be a positive number, got {self.learning_rate}.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:
+            raise ValueError(f"`--label-smoothing-factor` must lie in [0, 1), got {self.label_smoothing_factor}.")
+        metric = self.metric_for_best_model
+        if metric is not None and metric.removeprefix("eval_") not in VALIDATION_METRICS:
+            raise ValueError(
+                f"`--metric-for-best-model` must be one of {VALIDATION_METRICS} (what a validation pass reports), "
+                f"got {metric!r}."
+            )
         # Under torchrun / accelerate launch on a machine without GPUs, accelerate only starts a (gloo) process group
         # when told to run on CPU; without it every process would train alone on the whole dataset.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:
@@ -310,3 +342,18 @@ class ShareArguments:
     def __post_init__(self) -> None:
         if self.example_images < 0:
             raise ValueError(f"`--example-images` must be >= 0, got {self.example_images}.")
+
+
+def check_argument_combinations(finetune_args: FinetuneArguments, training_args: FinetuneTrainingArguments) -> None:
+    """Cross-checks between the recipe and the Trainer's flags; raises `ValueError` naming the flags to change."""
+    evaluates = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    if not evaluates:
+        for flag, active in (
+            ("--early-stopping-patience", finetune_args.early_stopping_patience > 0),
+            ("--unfreeze-on-plateau", finetune_args.unfreeze_on_plateau),
+        ):
+            if active:
+                raise ValueError(
+                    f"`{flag}` needs validation metrics, but `--eval-strategy` is 'no': use `--eval-strategy epoch` "
+                    f"or turn `{flag}` off{' (0)' if flag == '--early-stopping-patience' else ''}."
+                )

@@ -12,7 +12,14 @@ import sys
 
 from transformers import HfArgumentParser
 
-from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, ShareArguments
+from .arguments import (
+    DataArguments,
+    FinetuneArguments,
+    FinetuneTrainingArguments,
+    ModelArguments,
+    ShareArguments,
+    check_argument_combinations,
+)
 
 logger = logging.getLogger("hf_finetune")
 
@@ -39,10 +46,11 @@ def parse_args(
     """Parses flags, or a single JSON/YAML file holding them all."""
     parser = build_parser()
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        if argv[0].endswith(".json"):
-            return parser.parse_json_file(argv[0])
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_json_file(argv[0]) if argv[0].endswith(".json") else parser.parse_yaml_file(argv[0])
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    check_argument_combinations(parsed[2], parsed[3])
+    return tuple(parsed)
 
 
 def _configure_logging() -> None:
@@ -84,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from .interrupt import (
+        EXIT_FAILED,
+        EXIT_INTERRUPTED,
+        NonFiniteLossError,
+        TrainingInterrupted,
+        last_checkpoint,
+        resume_command,
+    )
     from .run import run_finetune
 
     try:
@@ -91,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except (TrainingInterrupted, KeyboardInterrupt) as err:
+        checkpoint = getattr(err, "checkpoint", None) or last_checkpoint(training_args.output_dir)
+        saved = "checkpoint saved" if isinstance(err, TrainingInterrupted) else "stopped without a new checkpoint"
+        print(f"hf_finetune: interrupted ({saved}); no test evaluation was run.", file=sys.stderr)
+        if checkpoint:
+            print(f"Resume from {checkpoint} with:\n  {resume_command(argv, checkpoint)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     report = result.test_report
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch, one summary line is enough
