@@ -272,14 +272,6 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Restore the callbacks' state (freeze stage, schedule log) when resuming."}
     )
 
-    def __getstate__(self) -> dict:
-        # The Trainer pickles these arguments into every checkpoint and the output dir (training_args.bin): the Hub
-        # token must not travel with them (it stays usable in this process).
-        state = self.__dict__.copy()
-        if state.get("hub_token") is not None:
-            state["hub_token"] = None
-        return state
-
     def __post_init__(self) -> None:
         # Checked before the parent's own checks so a bad value is reported with the flag's name, at parse time,
         # instead of after the model has loaded (or, for negative epochs, never: zero steps and a "result").

@@ -15,6 +15,7 @@ import itertools
 import logging
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -712,7 +713,7 @@ def load_model_and_processor(
         # writing keys CLIPForImageClassification cannot reload.
         try:
             tower = transformers.CLIPVisionModel.from_pretrained(model_name_or_path, config=original, **tower_kwargs)
-        except OSError as err:
+        except (OSError, pickle.UnpicklingError) as err:
             raise _location_error(model_name_or_path, err) from err
         state_dict = {f"vision_model.{key}": value for key, value in tower.state_dict().items()}
         model_cls, extra = transformers.CLIPForImageClassification, {"state_dict": state_dict}
@@ -733,7 +734,7 @@ def load_model_and_processor(
         model, loading_info = model_cls.from_pretrained(
             source, config=config, output_loading_info=True, **(load_kwargs if source else {}), **extra
         )
-    except OSError as err:
+    except (OSError, pickle.UnpicklingError) as err:
         raise _location_error(model_name_or_path, err) from err
     _refresh_head(model, original, id2label, loading_info, model_name_or_path)
     _fix_tf_batchnorm_momentum(model)
@@ -819,10 +820,19 @@ def _caused_by(err: BaseException, types: tuple[type[BaseException], ...], phras
 
 
 def _location_error(value: str, err: BaseException) -> ValueError:
-    """Turns an OSError from a `from_pretrained` call into a ValueError that says what to do."""
+    """Turns an OSError (or a refused pickle) from a `from_pretrained` call into a ValueError that says what to do."""
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    if isinstance(err, pickle.UnpicklingError):
+        # transformers reads .bin/.pth weights with torch.load(weights_only=True): anything but tensors is refused.
+        reason = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", str(err), re.S)
+        return ValueError(
+            f"`--model` {value!r}: refused to load its pickled weights (pytorch_model.bin/.pth): they hold Python "
+            f"objects other than tensors, which could run code when loaded ({reason.group(1).strip() if reason else err}). "
+            "Use a checkpoint with model.safetensors; for weights you trust, load them once with "
+            "`torch.load(..., weights_only=False)` and re-save with `save_pretrained` (safetensors)."
+        )
     if os.path.isdir(value):
         return ValueError(f"`--model` {value!r} could not be loaded: {err}")
     offline = getattr(constants, "HF_HUB_OFFLINE", False)
@@ -853,7 +863,13 @@ def _load_config(value: str, hub_kwargs: dict[str, Any], **kwargs: Any):
         raise _location_error(value, err) from err
     except ValueError as err:
         if "trust_remote_code" in str(err):
-            raise
+            if hub_kwargs.get("trust_remote_code"):
+                raise
+            raise ValueError(
+                f"`--model` {value!r} needs custom Python code from its repository to load (its config.json has an "
+                "`auto_map`). hf_finetune does not run it unless you pass `--trust-remote-code`: do that only for a "
+                "repository you trust, after reading its .py files."
+            ) from err
         raise ValueError(
             f"`--model` {value!r} has a config.json transformers cannot read as a model config ({err}). "
             f"Supported model types: {', '.join(supported_model_types())}."

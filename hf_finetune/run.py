@@ -24,9 +24,10 @@ from transformers import EarlyStoppingCallback, set_seed
 from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, ShareArguments
 from .backbone import StageMap, load_model_and_processor, split_stages
 from .data import DataSplits, attach_transforms, collate, load_splits
-from .evaluation import classification_report, compute_metrics, write_test_report
-from .freezing import StageUnfreezeCallback
+from .evaluation import TEST_REPORT_FILE, classification_report, compute_metrics, write_test_report
+from .freezing import StageUnfreezeCallback, unfreeze_units
 from .hub import PushResult, check_repo_id, default_repo_id, push_to_hub, redact_argv
+from .interrupt import InterruptCallback, NonFiniteLossError, TrainingInterrupted, last_checkpoint
 from .schedule_log import ScheduleRecorderCallback
 from .trainer import FinetuneTrainer
 
@@ -59,24 +60,46 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+# Recorded arguments that may differ between an interrupted run and the command that continues it.
+_RESUME_NEUTRAL = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm"})
 
 
-def check_output_dir(output_dir: str, model_args: ModelArguments, data_args: DataArguments, overwrite: bool, resuming: bool) -> None:
-    """Refuses to write a run into a directory that holds a different run, unless told to overwrite or resume."""
+def _changed_arguments(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`section.name` of every recorded argument whose value differs between two run_config payloads."""
+    changed = []
+    for section in ("model", "data", "finetune", "training"):
+        before, now = previous.get(section, {}), json.loads(json.dumps(current.get(section, {}), default=str))
+        for name in sorted(set(before) | set(now)):
+            if name not in _RESUME_NEUTRAL and before.get(name) != now.get(name):
+                changed.append(f"{section}.{name}")
+    return changed
+
+
+def check_output_dir(
+    output_dir: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    overwrite: bool,
+    resuming: bool,
+    arguments: dict[str, Any] | None = None,
+) -> str | None:
+    """Decides what to do with an `--output-dir` that already holds a run; returns a checkpoint to continue from.
+
+    A different run (model or dataset) is refused unless told to overwrite or resume; a finished run of the same
+    model and dataset is refused too. An unfinished one (interrupted, killed, failed) continues from its last
+    complete checkpoint when `arguments` (the `run_config.json` sections of this invocation) match the recorded
+    ones, and starts over when it left no checkpoint.
+    """
     config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
     if resuming or not os.path.isfile(config_path):
-        return
+        return None
     if overwrite:
         # Asked for explicitly: old checkpoints would otherwise be picked up by resume and checkpoint rotation.
         for entry in os.listdir(output_dir):
             if entry.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, entry)):
                 shutil.rmtree(os.path.join(output_dir, entry))
         logger.warning("--overwrite-output-dir: replacing the run in %s", output_dir)
-        return
+        return None
     with open(config_path) as f:
         previous = json.load(f)
     before = (previous.get("model", {}).get("model"), previous.get("data", {}).get("dataset"))
@@ -85,10 +108,56 @@ def check_output_dir(output_dir: str, model_args: ModelArguments, data_args: Dat
             f"`--output-dir` {output_dir!r} already holds a different run (model {before[0]!r}, dataset {before[1]!r}). "
             "Choose another --output-dir, pass --overwrite-output-dir to replace it, or --resume-from-checkpoint to continue it."
         )
-    raise ValueError(
-        f"`--output-dir` {output_dir!r} already holds a run of this model and dataset. Pass --resume-from-checkpoint "
-        "(or --resume-from-checkpoint PATH) to continue it, or --overwrite-output-dir to start over."
+    if previous.get("status", "finished") == "finished" or os.path.isfile(os.path.join(output_dir, TEST_REPORT_FILE)):
+        raise ValueError(
+            f"`--output-dir` {output_dir!r} already holds a run of this model and dataset. Pass --resume-from-checkpoint "
+            "(or --resume-from-checkpoint PATH) to continue it, or --overwrite-output-dir to start over."
+        )
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None:
+        logger.warning("%s holds an unfinished run of this model and dataset without a checkpoint: starting it over.", output_dir)
+        return None
+    changed = _changed_arguments(previous, arguments or {})
+    if changed:
+        raise ValueError(
+            f"`--output-dir` {output_dir!r} holds an unfinished run of this model and dataset (last checkpoint "
+            f"{checkpoint}), recorded with other values of: {', '.join(changed)}. Rerun with the recorded flags to "
+            f"continue it, pass --resume-from-checkpoint {checkpoint} to continue it with the new ones (the "
+            "checkpoint's optimizer state and learning rates carry over), or --overwrite-output-dir to start over."
+        )
+    logger.warning(
+        "%s holds this run, unfinished: continuing from %s (pass --overwrite-output-dir to start over instead).",
+        output_dir, checkpoint,
     )
+    return checkpoint
+
+
+def _argument_sections(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+) -> dict[str, Any]:
+    return {
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "finetune": dataclasses.asdict(finetune_args),
+        "training": training_args.to_dict(),  # masks *_token fields
+    }
+
+
+def _command() -> list[str]:
+    """This process's command line, tokens redacted."""
+    return [os.path.basename(sys.argv[0]), *redact_argv(sys.argv[1:])]
+
+
+def _update_run_config(path: str, **fields: Any) -> None:
+    """Sets top-level `fields` in an existing `run_config.json` (status changes of a stopped run)."""
+    with open(path) as f:
+        payload = json.load(f)
+    payload.update(fields)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
 
 
 def write_run_config(
@@ -100,15 +169,11 @@ def write_run_config(
     extra: dict[str, Any],
 ) -> None:
     """Writes every resolved argument, library versions and seeds (never the Hub token)."""
-    training = training_args.to_dict()  # masks *_token fields
     payload = {
-        "model": dataclasses.asdict(model_args),
-        "data": dataclasses.asdict(data_args),
-        "finetune": dataclasses.asdict(finetune_args),
-        "training": training,
+        **_argument_sections(model_args, data_args, finetune_args, training_args),
         "seeds": {"seed": training_args.seed, "data_seed": training_args.data_seed, "split_seed": training_args.seed},
         "versions": library_versions(),
-        "command": [os.path.basename(sys.argv[0]), *redact_argv(sys.argv[1:])],
+        "command": _command(),
         **extra,
     }
     with open(path, "w") as f:
@@ -192,10 +257,18 @@ def run_finetune(
     output_dir = training_args.output_dir
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", True):
-        resume = _last_checkpoint(output_dir)
+        resume = last_checkpoint(output_dir)
         if resume is None:
             raise ValueError(f"--resume-from-checkpoint was given but {output_dir!r} holds no checkpoint-* folder to resume from.")
-    check_output_dir(output_dir, model_args, data_args, finetune_args.overwrite_output_dir, bool(resume))
+    arguments = _argument_sections(model_args, data_args, finetune_args, training_args)
+    resume = check_output_dir(
+        output_dir, model_args, data_args, finetune_args.overwrite_output_dir, bool(resume), arguments
+    ) or resume
+    run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
+    previous: dict[str, Any] = {}
+    if resume and os.path.isfile(run_config_path):
+        with open(run_config_path) as f:
+            previous = json.load(f)
     os.makedirs(output_dir, exist_ok=True)
 
     set_seed(training_args.seed)
@@ -213,12 +286,22 @@ def run_finetune(
 
         model = apply_lora(model, finetune_args)
     stage_map = split_stages(model)
+    units = unfreeze_units(stage_map)
+    if finetune_args.strategy == "top_k" and finetune_args.top_k > len(units):
+        raise ValueError(
+            f"`--top-k` {finetune_args.top_k} is more than the {len(units)} backbone stages {model_args.model!r} has "
+            f"({', '.join('+'.join(unit) for unit in units)}, top first): use `--top-k` {len(units)} or less, or "
+            "`--strategy full` to train every stage."
+        )
 
     trainer = build_trainer(model, processor, splits, finetune_args, _trainer_arguments(training_args))
-    run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
+    interrupt = InterruptCallback()
+    trainer.add_callback(interrupt)
     extra = {
+        "status": "running",
         "labels": splits.labels,
         "splits": splits.provenance,
+        "skipped_files": splits.skipped_files,
         "preprocessing": dataclasses.asdict(preprocessing),
         "stages": [{"name": s.name, "num_tensors": len(s.param_names)} for s in stage_map.stages],
         "stage_family": stage_map.family,
@@ -229,11 +312,27 @@ def run_finetune(
         from .lora import lora_summary
 
         extra["peft"] = lora_summary(model)
+    if previous:
+        # Continuing a run: keep how it was started, add how it was continued.
+        extra["command"] = previous.get("command")
+        extra["resumes"] = [*previous.get("resumes", []), {"from": resume, "command": _command()}]
     if trainer.is_world_process_zero():
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
 
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        with interrupt.handle_sigint():
+            trainer.train(resume_from_checkpoint=resume)
+    except NonFiniteLossError as err:
+        if trainer.is_world_process_zero():
+            _update_run_config(run_config_path, status="failed", failure=str(err), last_checkpoint=last_checkpoint(output_dir))
+        raise
+    if interrupt.interrupted:
+        checkpoint = last_checkpoint(output_dir)
+        if trainer.is_world_process_zero():
+            _update_run_config(run_config_path, status="interrupted", last_checkpoint=checkpoint)
+        raise TrainingInterrupted(checkpoint, trainer.state.global_step, trainer.state.epoch or 0.0)
     report = evaluate_test_split(trainer, splits)
+    report["num_skipped_files"] = len(splits.skipped_files)  # left out before training; listed in run_config.json
 
     push = None
     if trainer.is_world_process_zero():
@@ -254,6 +353,7 @@ def run_finetune(
         extra["best_checkpoint"] = trainer.state.best_model_checkpoint
         extra["best_validation_macro_f1"] = trainer.state.best_metric
         extra["epochs_run"] = len(recorder.records)
+        extra["status"] = "finished"
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
         from .model_card import write_model_card
 

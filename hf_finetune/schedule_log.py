@@ -42,7 +42,9 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
         self._stage_map = None
 
     def state(self) -> dict:
-        return {"args": {"output_dir": self.output_dir}, "attributes": {"records": self.records, "lr_history": self.lr_history}}
+        # The open record goes too: a checkpoint saved mid-epoch (Ctrl-C) resumes into the same epoch's record.
+        attributes = {"records": self.records, "lr_history": self.lr_history, "_current": self._current}
+        return {"args": {"output_dir": self.output_dir}, "attributes": attributes}
 
     @staticmethod
     def _lrs(optimizer: Any) -> dict[str, float]:

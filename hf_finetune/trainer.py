@@ -2,7 +2,8 @@
 
 Only documented hooks are overridden: `create_optimizer` builds one group pair per stage
 (frozen stages included) with absolute LRs, `create_scheduler` gates the stock schedule per
-group so unfreezing never rebuilds either. The loop itself is transformers'.
+group so unfreezing never rebuilds either, `training_step` stops the run on a NaN/inf loss
+(`interrupt.check_finite_loss`). The loop itself is transformers'.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers import logging as hf_logging
 
 from .arguments import FinetuneArguments
 from .backbone import StageMap, no_weight_decay_names, split_stages
+from .interrupt import check_finite_loss
 from .lr_schedule import build_staged_scheduler
 from .param_groups import GroupSpec, build_param_groups, log_param_groups
 
@@ -90,6 +92,13 @@ class FinetuneTrainer(Trainer):
                 type(base).__name__,
             )
         return self.lr_scheduler
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        # The Trainer passes no loss to callbacks and, with `logging_nan_inf_filter`, hides a NaN from the logs: the
+        # check runs here, after backward and before the optimizer step, so the weights never become NaN.
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_finite_loss(loss, self.state, self.optimizer, self.args.output_dir)
+        return loss
 
     # ---- checkpoint reloading ------------------------------------------------------------
     # transformers 5's save_pretrained writes the checkpoint's original key names for models whose weights are
