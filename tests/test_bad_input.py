@@ -1,0 +1,301 @@
+"""Messy data and bad arguments: each one is either handled (converted, skipped with a recorded reason) or refused
+with a message that names the file/flag and the fix. docs/bad_inputs.md lists them with these tests."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bad_files import BROKEN_KINDS, MODES, write_broken_file, write_mode_image
+from conftest import write_image_folder
+from hf_finetune import DataArguments, load_splits
+from hf_finetune.cli import main
+from hf_finetune.data import attach_transforms
+from hf_finetune.image_check import image_problem
+
+FAST = ["--num-train-epochs", "1", "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]
+
+
+def _cli(tmp_path: Path, model: str, dataset: str, *flags: str) -> int:
+    return main(["--model", model, "--dataset", dataset, "--output-dir", str(tmp_path / "out"), *FAST, *flags])
+
+
+# ---- files ------------------------------------------------------------------------------------------------------
+
+
+def test_broken_files_are_skipped_listed_and_recorded(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=8)
+    broken = {kind: write_broken_file(root / "cat" / f"bad_{kind}", kind) for kind in BROKEN_KINDS}
+    splits = load_splits(DataArguments(dataset=str(root)), seed=0)
+
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 24  # exactly the good images
+    recorded = {Path(entry["file"]).name: entry for entry in splits.skipped_files}
+    assert set(recorded) == {path.name for path in broken.values()}
+    assert recorded["bad_zero_byte.jpg"]["reason"] == "empty file (0 bytes)"
+    assert "truncated" in recorded["bad_truncated_jpeg.jpg"]["reason"]  # passes Image.verify(), fails a real decode
+    assert "truncated" in recorded["bad_truncated_png.png"]["reason"]
+    assert "cannot identify image file" in recorded["bad_text_named_png.png"]["reason"]
+    assert recorded["bad_non_image_file.txt"]["kind"] == "not_an_image"
+    assert {recorded[name]["split"] for name in recorded if name != "bad_non_image_file.txt"} == {"train"}
+    summary = splits.provenance["image_check"]
+    assert (summary["checked"], summary["skipped"], summary["unreadable_images"], summary["non_image_files"]) == (28, 5, 4, 1)
+
+
+def test_truncated_jpeg_passes_verify_but_not_the_check(tmp_path):
+    path = write_broken_file(tmp_path / "x", "truncated_jpeg", size=256)
+    with Image.open(path) as image:
+        image.verify()  # the cheap check would let it through
+    assert "image file is truncated" in image_problem(str(path))
+    assert image_problem(data=path.read_bytes()) == image_problem(str(path))  # Hub datasets carry bytes
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_image_mode_goes_through_the_whole_data_path(mode, tmp_path, tiny_checkpoint):
+    from transformers import AutoImageProcessor
+
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=6)
+    for k in range(6):
+        (root / "a" / f"img_{k:03d}.png").unlink()
+        write_mode_image(root / "a" / f"m{k}", mode, seed=k)
+    splits = load_splits(DataArguments(dataset=str(root)), seed=0)
+    assert splits.skipped_files == []
+    attach_transforms(splits, AutoImageProcessor.from_pretrained(tiny_checkpoint("vit")), "light")
+    for split in (splits.train, splits.validation, splits.test):
+        for example in split:
+            assert tuple(example["pixel_values"].shape) == (3, 32, 32)
+            assert bool(example["pixel_values"].isfinite().all())
+
+
+def test_sixteen_bit_png_keeps_its_contrast_through_datasets(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=8)
+    ramp = (np.arange(24 * 24).reshape(24, 24) * 100).astype(np.uint16)  # 0 .. 57500: all above 8 bits
+    Image.fromarray(ramp).save(root / "a" / "deep.png")
+    splits = load_splits(DataArguments(dataset=str(root), check_images=True), seed=0)
+    from hf_finetune.data import to_rgb
+
+    images = [im for split in (splits.train, splits.validation, splits.test) for im in split["image"] if im.mode == "I;16"]
+    assert len(images) == 1
+    rgb = np.asarray(to_rgb(images[0]))
+    assert rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb)) > 200  # scaled, not clipped to white
+
+
+# ---- classes ----------------------------------------------------------------------------------------------------
+
+
+def test_empty_class_folder_is_reported_and_is_not_a_class(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=8)
+    (root / "empty").mkdir()
+    (root / "only_notes").mkdir()
+    (root / "only_notes" / "readme.txt").write_text("no images here")
+    splits = load_splits(DataArguments(dataset=str(root)), seed=0)
+    assert splits.labels == ["cat", "dog", "fish"]
+    folders = {Path(p).name for p in splits.provenance["image_check"]["empty_class_folders"]}
+    assert folders == {"empty", "only_notes"}
+
+
+def test_class_whose_every_file_is_broken_is_dropped_with_a_warning(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "d", per_class=8)
+    (root / "ghost").mkdir()
+    for k in range(3):
+        write_broken_file(root / "ghost" / f"g{k}", "zero_byte")
+    splits = load_splits(DataArguments(dataset=str(root)), seed=0)
+    assert splits.labels == ["cat", "dog", "fish"]
+    assert splits.provenance["dropped_classes"] == ["ghost"]
+    assert set(Counter(splits.train["label"])) == {0, 1, 2}
+    assert "['ghost'] have no readable image left" in caplog.text
+
+
+def test_single_image_class_is_kept_in_train_only_and_said_so(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "d", per_class=10)
+    for extra in sorted((root / "fish").iterdir())[1:]:
+        extra.unlink()
+    splits = load_splits(DataArguments(dataset=str(root)), seed=0)
+    fish = splits.labels.index("fish")
+    assert Counter(splits.train["label"])[fish] == 1
+    assert fish not in splits.validation["label"] and fish not in splits.test["label"]
+    assert splits.provenance["train_only_classes"] == ["fish"]
+    assert "have a single image left for the test split: kept in train only" in caplog.text
+    assert "Add images (at least 3 per class" in caplog.text
+
+
+def test_test_report_macro_f1_ignores_a_class_with_no_test_image():
+    from hf_finetune import classification_report
+
+    report = classification_report(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), ["a", "b", "train_only"])
+    assert report["macro_f1"] == 1.0 and report["per_class"]["train_only"]["support"] == 0
+
+
+def test_single_class_dataset_is_refused_by_the_cli(tmp_path, tiny_checkpoint, capsys):
+    root = write_image_folder(tmp_path / "d", classes=("only",), per_class=6)
+    assert _cli(tmp_path, tiny_checkpoint("vit"), str(root)) == 2
+    err = capsys.readouterr().err
+    assert "has a single class" in err and "at least 2 classes, one sub-folder of images per class" in err
+
+
+# ---- Hub datasets (load_dataset monkeypatched: a dataset saved to disk, no network) ---------------------------
+
+
+@pytest.fixture
+def hub_dataset(tmp_path, monkeypatch):
+    """`datasets.load_dataset("someone/pets")` returns a dataset with bytes images and string labels, no features."""
+    import datasets
+
+    def encoded(colour):
+        buffer = Image.new("RGB", (16, 16), colour)
+        import io
+
+        out = io.BytesIO()
+        buffer.save(out, "PNG")
+        return out.getvalue()
+
+    rows = {"pixels": [], "species": [], "note": []}
+    for k in range(30):
+        species = ("cat", "dog", "emu")[k % 3]
+        rows["pixels"].append(encoded((k * 8, 100, 200 - k * 5)))
+        rows["species"].append(species)
+        rows["note"].append(f"row {k}")
+    rows["pixels"][7] = b"\x89PNG broken"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "pets")
+    seen = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        seen.append(path)
+        return datasets.load_from_disk(str(tmp_path / "pets"))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return seen
+
+
+def test_hub_dataset_without_image_column_names_the_columns_and_the_flag(hub_dataset):
+    with pytest.raises(ValueError) as err:
+        load_splits(DataArguments(dataset="someone/pets"), seed=0)
+    assert hub_dataset == ["someone/pets"]
+    assert str(err.value) == (
+        "Could not tell which column holds the images: the dataset has 0 columns of an Image type ([]) among "
+        "['pixels', 'species', 'note']. Name it with `--image-column`."
+    )
+
+
+def test_hub_dataset_without_label_column_names_the_flag(hub_dataset):
+    with pytest.raises(ValueError, match=r"holds the labels: .* among \['pixels', 'species', 'note'\]\. Name it with `--label-column`"):
+        load_splits(DataArguments(dataset="someone/pets", image_column="pixels"), seed=0)
+
+
+def test_hub_dataset_with_named_columns_of_bytes_and_strings_loads(hub_dataset):
+    splits = load_splits(DataArguments(dataset="someone/pets", image_column="pixels", label_column="species"), seed=0)
+    assert splits.labels == ["cat", "dog", "emu"]
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 29
+    assert splits.skipped_files[0]["file"] == "row 7" and "cannot identify image file" in splits.skipped_files[0]["reason"]
+    assert splits.train[0]["image"].size == (16, 16)
+
+
+def test_hub_dataset_image_column_that_holds_no_images(hub_dataset):
+    with pytest.raises(ValueError, match=r"None of the 30 images of the 'train' split can be decoded \(the first, cat: .*\)\. Check that column 'species' holds the images \(`--image-column`\)"):
+        load_splits(DataArguments(dataset="someone/pets", image_column="species", label_column="note"), seed=0)
+
+
+def test_hub_dataset_id_while_offline_says_what_to_do(tmp_path, tiny_checkpoint, capsys):
+    assert _cli(tmp_path, tiny_checkpoint("vit"), "nobody/no-such-dataset") == 2
+    err = capsys.readouterr().err
+    assert "`--dataset` 'nobody/no-such-dataset' is not a local directory and is not in the datasets cache" in err
+    assert "or pass a local ImageFolder directory" in err
+
+
+# ---- --model ----------------------------------------------------------------------------------------------------
+
+
+def test_model_that_does_not_exist(tmp_path, image_folder, capsys):
+    assert _cli(tmp_path, str(tmp_path / "no_such_model"), str(image_folder)) == 2
+    err = capsys.readouterr().err
+    assert f"`--model` '{tmp_path / 'no_such_model'}' does not exist: pass a Hugging Face Hub model id" in err
+
+
+def test_model_that_is_not_an_image_model(tmp_path, image_folder, capsys):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "bert")
+    assert _cli(tmp_path, str(tmp_path / "bert"), str(image_folder)) == 2
+    err = capsys.readouterr().err
+    assert "is a `bert` checkpoint, not an image model hf_finetune can fine-tune. Supported model types:" in err
+
+
+def test_hub_model_id_while_offline_points_to_a_local_directory(tmp_path, image_folder, capsys):
+    assert _cli(tmp_path, "facebook/dinov2-small", str(image_folder), "--cache-dir", str(tmp_path / "empty_cache")) == 2
+    err = capsys.readouterr().err
+    assert "is not in the Hugging Face cache, and the Hub cannot be reached (offline)" in err
+    assert "or pass a local directory with a config.json" in err
+
+
+# ---- output directory -------------------------------------------------------------------------------------------
+
+
+def _fake_run(out: Path, model: str, dataset: str, status: str | None, checkpoint: bool, **finetune) -> None:
+    out.mkdir(parents=True)
+    config = {"model": {"model": model}, "data": {"dataset": dataset}, "finetune": finetune}
+    if status:
+        config["status"] = status
+    (out / "run_config.json").write_text(json.dumps(config))
+    if checkpoint:
+        (out / "checkpoint-8").mkdir()
+        (out / "checkpoint-8" / "trainer_state.json").write_text("{}")
+        (out / "checkpoint-12").mkdir()  # killed while saving: no trainer_state.json
+
+
+def test_output_dir_with_the_same_finished_run_is_refused(tmp_path):
+    from hf_finetune import DataArguments, ModelArguments
+    from hf_finetune.run import check_output_dir
+
+    _fake_run(tmp_path / "o", "m", "d", "finished", checkpoint=True)
+    with pytest.raises(ValueError, match="already holds a run of this model and dataset. Pass --resume-from-checkpoint"):
+        check_output_dir(str(tmp_path / "o"), ModelArguments(model="m"), DataArguments(dataset="d"), False, False, {})
+
+
+def test_unfinished_run_continues_from_its_last_complete_checkpoint(tmp_path, caplog):
+    from hf_finetune import DataArguments, ModelArguments
+    from hf_finetune.run import check_output_dir
+
+    _fake_run(tmp_path / "o", "m", "d", "interrupted", checkpoint=True, strategy="full")
+    args = (str(tmp_path / "o"), ModelArguments(model="m"), DataArguments(dataset="d"), False, False)
+    recorded = {"model": {"model": "m"}, "data": {"dataset": "d"}, "finetune": {"strategy": "full"}}
+    assert check_output_dir(*args, recorded) == str(tmp_path / "o" / "checkpoint-8")
+    assert "checkpoint-12: it is incomplete" in caplog.text
+    with pytest.raises(ValueError, match=r"recorded with other values of: finetune.strategy\. Rerun with the recorded flags"):
+        check_output_dir(*args, {**recorded, "finetune": {"strategy": "top_k"}})
+
+
+# ---- flags ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--num-train-epochs", "-1"], "`--num-train-epochs` must be > 0 (or set `--max-steps`), got -1.0."),
+        (["--learning-rate", "0"], "`--learning-rate` must be a positive number, got 0.0."),
+        (["--per-device-train-batch-size", "0"], "`--per-device-train-batch-size` must be >= 1, got 0."),
+        (["--metric-for-best-model", "f1"], "`--metric-for-best-model` must be one of ('macro_f1', 'accuracy', 'loss')"),
+        (["--label-smoothing-factor", "1"], "`--label-smoothing-factor` must lie in [0, 1), got 1.0."),
+        (["--head-epochs", "-1"], "`--head-epochs` must be >= 0, got -1."),
+        (["--validation-fraction", "0.7"], "`--validation_fraction` must lie in (0, 0.5), got 0.7."),
+        (["--strategy", "top_k", "--unfreeze-on-plateau", "true"], "`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`"),
+        (
+            ["--eval-strategy", "no", "--save-strategy", "no", "--load-best-model-at-end", "false"],
+            "`--early-stopping-patience` needs validation metrics, but `--eval-strategy` is 'no'",
+        ),
+    ],
+)
+def test_more_invalid_flags_are_rejected_at_parse_time(flags, message, capsys, tmp_path):
+    assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_top_k_larger_than_the_model_is_refused_once_the_model_is_known(tmp_path, tiny_checkpoint, image_folder, capsys):
+    assert _cli(tmp_path, tiny_checkpoint("vit"), str(image_folder), "--strategy", "top_k", "--top-k", "7") == 2
+    err = capsys.readouterr().err
+    assert "`--top-k` 7 is more than the 3 backbone stages" in err
+    assert "(norm+blocks.1, blocks.0, embeddings, top first): use `--top-k` 3 or less, or `--strategy full`" in err
