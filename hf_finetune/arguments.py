@@ -84,7 +84,7 @@ class DataArguments:
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
-                raise ValueError(f"`--{name}` must lie in (0, 0.5), got {value}.")
+                raise ValueError(f"`--{name.replace('_', '-')}` must lie in (0, 0.5), got {value}.")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"`--augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")
 

@@ -268,30 +268,7 @@ def test_unfinished_run_continues_from_its_last_complete_checkpoint(tmp_path, ca
         check_output_dir(*args, {**recorded, "finetune": {"strategy": "top_k"}})
 
 
-# ---- flags ------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "flags,message",
-    [
-        (["--num-train-epochs", "-1"], "`--num-train-epochs` must be > 0 (or set `--max-steps`), got -1.0."),
-        (["--learning-rate", "0"], "`--learning-rate` must be a positive number, got 0.0."),
-        (["--per-device-train-batch-size", "0"], "`--per-device-train-batch-size` must be >= 1, got 0."),
-        (["--metric-for-best-model", "f1"], "`--metric-for-best-model` must be one of ('macro_f1', 'accuracy', 'loss')"),
-        (["--label-smoothing-factor", "1"], "`--label-smoothing-factor` must lie in [0, 1), got 1.0."),
-        (["--head-epochs", "-1"], "`--head-epochs` must be >= 0, got -1."),
-        (["--validation-fraction", "0.7"], "`--validation_fraction` must lie in (0, 0.5), got 0.7."),
-        (["--strategy", "top_k", "--unfreeze-on-plateau", "true"], "`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`"),
-        (
-            ["--eval-strategy", "no", "--save-strategy", "no", "--load-best-model-at-end", "false"],
-            "`--early-stopping-patience` needs validation metrics, but `--eval-strategy` is 'no'",
-        ),
-    ],
-)
-def test_more_invalid_flags_are_rejected_at_parse_time(flags, message, capsys, tmp_path):
-    assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+# ---- flags (the parse-time cases are rows of test_cli.py::test_invalid_flags_are_rejected_at_parse_time) ----
 
 
 def test_top_k_larger_than_the_model_is_refused_once_the_model_is_known(tmp_path, tiny_checkpoint, image_folder, capsys):

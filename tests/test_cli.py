@@ -77,6 +77,18 @@ def test_output_dir_holding_another_run_is_refused(finished_run, tiny_checkpoint
         (["--strategy", "freeze_all"], "`--strategy` must be one of"),
         (["--augmentation", "wild"], "`--augmentation` must be one of"),
         (["--top-k", "0"], "`--top-k` must be >= 1, got 0"),
+        (["--num-train-epochs", "-1"], "`--num-train-epochs` must be > 0 (or set `--max-steps`), got -1.0."),
+        (["--learning-rate", "0"], "`--learning-rate` must be a positive number, got 0.0."),
+        (["--per-device-train-batch-size", "0"], "`--per-device-train-batch-size` must be >= 1, got 0."),
+        (["--metric-for-best-model", "f1"], "`--metric-for-best-model` must be one of ('macro_f1', 'accuracy', 'loss')"),
+        (["--label-smoothing-factor", "1"], "`--label-smoothing-factor` must lie in [0, 1), got 1.0."),
+        (["--head-epochs", "-1"], "`--head-epochs` must be >= 0, got -1."),
+        (["--validation-fraction", "0.7"], "`--validation-fraction` must lie in (0, 0.5), got 0.7."),
+        (["--strategy", "top_k", "--unfreeze-on-plateau", "true"], "`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`"),
+        (
+            ["--eval-strategy", "no", "--save-strategy", "no", "--load-best-model-at-end", "false"],
+            "`--early-stopping-patience` needs validation metrics, but `--eval-strategy` is 'no'",
+        ),
     ],
 )
 def test_invalid_flags_are_rejected_at_parse_time(flags, message, capsys, tmp_path):
