@@ -2,23 +2,19 @@
 
 `datasets` decodes images lazily, so a corrupt, truncated or empty file would otherwise only fail in the middle of
 an epoch. The scan reads the raw files/bytes (`datasets.Image(decode=False)`), decodes each one the way training
-will (open, full decode, EXIF rotation, conversion to RGB) in a thread pool (Pillow releases the GIL while
-decoding), and returns the dataset without the failures plus a list of `{split, file, reason}` records that
-`run_config.json` keeps. For a local ImageFolder directory it also lists what `imagefolder` silently ignored: files
+will (open, full decode, conversion to RGB) in a thread pool (Pillow releases the GIL while decoding), and returns
+the dataset without the failures plus a list of `{file, split, kind, reason}` records that `run_config.json` keeps. For a local ImageFolder directory it also lists what `imagefolder` silently ignored: files
 that are not images (e.g. `notes.txt` in a class folder) and class folders without a single image.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -64,24 +60,21 @@ class ImageCheckReport:
 def image_problem(path: str | None = None, data: bytes | None = None) -> str | None:
     """Why an image cannot be used for training, or `None` when it decodes.
 
-    Decodes the whole image (a truncated JPEG passes `Image.verify()` and only fails on `load()`); JPEGs decode at
-    reduced scale (`draft`), which still reads every block of the file but skips most of the pixel work.
+    Decodes the image the way training does (`image_cache.open_image`, then `to_rgb`): fully, since a truncated JPEG
+    passes `Image.verify()` and only fails on `load()`. JPEGs decode at 1/8 scale (`draft`), which still reads every
+    block of the file but skips most of the pixel work.
 
     Args:
         path (`str`, *optional*): a file to check.
         data (`bytes`, *optional*): the encoded image, when it lives in the dataset rather than in a file.
     """
     from .data import to_rgb
+    from .image_cache import open_image
 
     try:
-        size = len(data) if data is not None else os.path.getsize(path)
-        if size == 0:
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
             return "empty file (0 bytes)"
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
-            if image.format == "JPEG":
-                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-            to_rgb(ImageOps.exif_transpose(image))
+        to_rgb(open_image({"path": path, "bytes": data}, min_side=1))
     except Exception as err:  # noqa: BLE001 - any decoder error (OSError, SyntaxError, struct.error, ...) would crash training
         return f"cannot be decoded ({type(err).__name__}: {err})"
     return None
