@@ -16,6 +16,8 @@ from .freezing import StageUnfreezeCallback, set_trainable_stages, unfreeze_unit
 from .hub import PushResult, push_to_hub
 from .lora import apply_lora, save_lora_model
 from .model_card import build_model_card, write_model_card
+from .image_check import drop_unreadable_images
+from .interrupt import InterruptCallback, NonFiniteLossError, TrainingInterrupted
 from .param_groups import build_param_groups, stage_learning_rates
 from .run import RunResult, build_trainer, run_finetune
 from .schedule_log import ScheduleRecorderCallback
@@ -29,7 +31,9 @@ __all__ = [
     "FinetuneArguments",
     "FinetuneTrainer",
     "FinetuneTrainingArguments",
+    "InterruptCallback",
     "ModelArguments",
+    "NonFiniteLossError",
     "PushResult",
     "RunResult",
     "ScheduleRecorderCallback",
@@ -37,6 +41,7 @@ __all__ = [
     "Stage",
     "StageMap",
     "StageUnfreezeCallback",
+    "TrainingInterrupted",
     "apply_lora",
     "attach_transforms",
     "build_model_card",
@@ -45,6 +50,7 @@ __all__ = [
     "classification_report",
     "collate",
     "compute_metrics",
+    "drop_unreadable_images",
     "load_model_and_processor",
     "load_splits",
     "lora_target_modules",
