@@ -251,24 +251,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def build_train_transform(preprocessing: Preprocessing, augmentation: str) -> Callable[[Image.Image], torch.Tensor]:
-    """Label-safe training augmentation at the checkpoint's resolution and normalisation."""
+    """Label-safe training augmentation (a preset of `augment.py`) at the checkpoint's resolution and normalisation."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2
 
+    from .augment import augmentation_ops
+
     interpolation = InterpolationMode(preprocessing.interpolation)
-    if augmentation == "none":
-        geometric = [v2.Resize(preprocessing.size, interpolation=interpolation, antialias=True)]
-    else:  # light
-        geometric = [
-            v2.RandomResizedCrop(preprocessing.size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
+    on_image, on_tensor = augmentation_ops(preprocessing.size, interpolation, augmentation)
     return v2.Compose(
         [
             v2.ToImage(),
-            *geometric,
+            *on_image,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)),
+            *on_tensor,
         ]
     )
 

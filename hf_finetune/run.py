@@ -20,12 +20,17 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, set_seed
 
-from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments
-from .backbone import StageMap, load_model_and_processor, split_stages
+from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, fill_fallbacks
+from .augment import BatchMixer
+from .backbone import StageMap, split_stages
 from .data import DataSplits, attach_transforms, collate, load_splits
 from .evaluation import classification_report, compute_metrics, write_test_report
 from .freezing import StageUnfreezeCallback
-from .schedule_log import ScheduleRecorderCallback
+from .lr_curves import PlateauLRCallback
+from .monitor import GapMonitorCallback, TrainPredictionLog
+from .recipe import load_model, prepare_recipe
+from .regularization import class_counts, inverse_frequency_weights
+from .schedule_log import SCHEDULE_FILE, ScheduleRecorderCallback
 from .trainer import FinetuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class RunResult:
     output_dir: str
     test_report: dict[str, Any]
     stage_map: StageMap
+    recipe: Any = None  # the advisor's RecipePlan, when it ran
 
 
 def library_versions() -> dict[str, str]:
@@ -119,13 +125,32 @@ def build_trainer(
     finetune_args: FinetuneArguments,
     training_args: FinetuneTrainingArguments,
 ) -> FinetuneTrainer:
-    """Assembles a `FinetuneTrainer` with the freeze, schedule-recording and early-stopping callbacks."""
+    """Assembles a `FinetuneTrainer` with the freeze, gap-monitor, schedule-recording and early-stopping callbacks
+    (plus ReduceLROnPlateau for `--lr-schedule plateau`), the mixup/CutMix mixer and class weights.
+
+    Fields no advisor decided (None) get `arguments.FALLBACKS`.
+    """
+    fill_fallbacks(finetune_args, training_args)
+    metric = f"eval_{training_args.metric_for_best_model}"
+    num_labels = len(splits.labels)
+    mixer = BatchMixer(num_labels, finetune_args.mixup_alpha, finetune_args.cutmix_alpha, enabled=finetune_args.mixup == "on")
+    train_log = TrainPredictionLog()
+    monitor = GapMonitorCallback(
+        train_log, mixer, mode=finetune_args.mixup, threshold=finetune_args.gap_threshold, patience=finetune_args.gap_patience
+    )
     callbacks = [
-        StageUnfreezeCallback.from_args(finetune_args, metric=f"eval_{training_args.metric_for_best_model}"),
-        ScheduleRecorderCallback(training_args.output_dir),
+        StageUnfreezeCallback.from_args(finetune_args, metric=metric),
+        monitor,
+        ScheduleRecorderCallback(training_args.output_dir, field_sources=[monitor.epoch_fields]),
     ]
+    if finetune_args.lr_schedule == "plateau" or str(training_args.lr_scheduler_type).endswith(("reduce_lr_on_plateau", "REDUCE_ON_PLATEAU")):
+        callbacks.append(PlateauLRCallback(metric=metric, patience=finetune_args.plateau_patience))
     if finetune_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))
+    class_weights = None
+    if finetune_args.class_balance == "weighted_loss":
+        class_weights = inverse_frequency_weights(class_counts(splits.train.with_format(None)["label"], num_labels))
+        logger.info("Class-weighted loss: %s", dict(zip(splits.labels, [round(w, 3) for w in class_weights.tolist()])))
     return FinetuneTrainer(
         model=model,
         args=training_args,
@@ -136,7 +161,21 @@ def build_trainer(
         processing_class=processor,
         callbacks=callbacks,
         finetune_args=finetune_args,
+        class_weights=class_weights,
+        mixer=mixer,
+        train_log=train_log,
     )
+
+
+def write_probe_schedule(output_dir: str, probe: Any) -> None:
+    """`schedule.json` of a linear probe fitted on cached features: no epochs, the probe's fit instead."""
+    payload = {
+        "epochs": [],
+        "lr_history": {"step": [], "groups": {}},
+        "linear_probe": {"C": probe.C, "validation_macro_f1": probe.validation_macro_f1, "candidates": {str(c): f for c, f in probe.candidates.items()}},
+    }
+    with open(os.path.join(output_dir, SCHEDULE_FILE), "w") as f:
+        json.dump(payload, f, indent=2)
 
 
 def evaluate_test_split(trainer: FinetuneTrainer, splits: DataSplits) -> dict[str, Any]:
@@ -151,14 +190,19 @@ def run_finetune(
     data_args: DataArguments,
     finetune_args: FinetuneArguments,
     training_args: FinetuneTrainingArguments,
+    splits: DataSplits | None = None,
 ) -> RunResult:
     """Runs one fine-tuning job and writes everything into `training_args.output_dir`.
+
+    Undecided recipe fields (None, `--strategy auto`) are decided by the recipe advisor before training and
+    written back into the argument objects.
 
     Args:
         model_args (`ModelArguments`): which backbone.
         data_args (`DataArguments`): which data.
         finetune_args (`FinetuneArguments`): the recipe.
         training_args (`FinetuneTrainingArguments`): the Trainer's arguments.
+        splits (`DataSplits`, *optional*): ready-made splits (k-fold); loaded from `data_args` if omitted.
 
     Returns:
         `RunResult` with the output directory and the test report.
@@ -173,17 +217,16 @@ def run_finetune(
     os.makedirs(output_dir, exist_ok=True)
 
     set_seed(training_args.seed)
-    splits = load_splits(data_args, seed=training_args.seed)
-    model, processor = load_model_and_processor(
-        model_args.model,
-        splits.id2label,
-        revision=model_args.revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    if splits is None:
+        splits = load_splits(data_args, seed=training_args.seed)
+    model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed)
+    # Cached feature pass, advisor plan (fills every undecided argument), linear-probe baseline, head init.
+    prepared = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args)
+    model = prepared.model
     preprocessing = attach_transforms(splits, processor, data_args.augmentation)
     stage_map = split_stages(model)
 
+    set_seed(training_args.seed)
     trainer = build_trainer(model, processor, splits, finetune_args, training_args)
     run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
     extra = {
@@ -192,12 +235,22 @@ def run_finetune(
         "preprocessing": dataclasses.asdict(preprocessing),
         "stages": [{"name": s.name, "num_tensors": len(s.param_names)} for s in stage_map.stages],
         "resumed_from": resume,
+        **prepared.record,
     }
     if trainer.is_world_process_zero():
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
 
-    trainer.train(resume_from_checkpoint=resume)
+    if finetune_args.strategy == "linear_probe" and prepared.probe is not None:
+        # The head was fitted on cached features (prepare_recipe wrote it into the model): no training loop.
+        write_probe_schedule(output_dir, prepared.probe)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     report = evaluate_test_split(trainer, splits)
+    if prepared.baseline is not None:
+        report["baseline"] = prepared.baseline
+        logger.info(
+            "Test macro-F1: fine-tune %.4f vs linear-probe baseline %.4f", report["macro_f1"], prepared.baseline["macro_f1"]
+        )
 
     if trainer.is_world_process_zero():
         trainer.save_model(output_dir)
@@ -209,5 +262,7 @@ def run_finetune(
         extra["best_checkpoint"] = trainer.state.best_model_checkpoint
         extra["best_validation_macro_f1"] = trainer.state.best_metric
         extra["epochs_run"] = len(recorder.records)
+        monitor = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GapMonitorCallback))
+        extra["gap_monitor"] = {"mode": monitor.mode, "mixup_switched_on_for_epoch": monitor.switched_at, "epochs": monitor.history}
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
-    return RunResult(output_dir=output_dir, test_report=report, stage_map=stage_map)
+    return RunResult(output_dir=output_dir, test_report=report, stage_map=stage_map, recipe=prepared.plan)

@@ -40,6 +40,12 @@ def write_image_folder(
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory):
+    """Frozen-feature cache in a temp dir, never the user's ~/.cache."""
+    os.environ["HF_FINETUNE_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature_cache"))
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Three classes x 12 images, no split folders (the tool must make stratified splits)."""
