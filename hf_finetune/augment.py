@@ -29,8 +29,10 @@ def augmentation_ops(size: tuple[int, int], interpolation: Any, strength: str) -
         interpolation (`torchvision.transforms.InterpolationMode`): the checkpoint's resize interpolation.
         strength (`str`): none, light, medium or strong.
     """
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
 
+    # The auto-augment policies run on tensors, where torchvision supports nearest and bilinear only.
+    policy_interpolation = InterpolationMode.BILINEAR
     if strength == "none":
         return [v2.Resize(size, interpolation=interpolation, antialias=True)], []
     scale = {"light": (0.35, 1.0), "medium": (0.25, 1.0), "strong": (0.08, 1.0)}.get(strength)
@@ -42,9 +44,9 @@ def augmentation_ops(size: tuple[int, int], interpolation: Any, strength: str) -
     ]
     after: list[Any] = []
     if strength == "medium":
-        ops += [v2.ColorJitter(0.2, 0.2, 0.2, 0.02), v2.TrivialAugmentWide(interpolation=interpolation)]
+        ops += [v2.ColorJitter(0.2, 0.2, 0.2, 0.02), v2.TrivialAugmentWide(interpolation=policy_interpolation)]
     elif strength == "strong":
-        ops += [v2.ColorJitter(0.4, 0.4, 0.4, 0.05), v2.RandAugment(num_ops=2, magnitude=9, interpolation=interpolation)]
+        ops += [v2.ColorJitter(0.4, 0.4, 0.4, 0.05), v2.RandAugment(num_ops=2, magnitude=9, interpolation=policy_interpolation)]
         after.append(v2.RandomErasing(p=0.25))
     return ops, after
 

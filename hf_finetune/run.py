@@ -185,6 +185,64 @@ def evaluate_test_split(trainer: FinetuneTrainer, splits: DataSplits) -> dict[st
     return classification_report(np.asarray(output.label_ids), np.asarray(logits).argmax(-1), splits.labels)
 
 
+@dataclass
+class PreparedRun:
+    """A run assembled up to (not including) training: what `prepare_run` returns."""
+
+    trainer: FinetuneTrainer
+    processor: Any
+    splits: DataSplits
+    recipe: Any  # recipe.PreparedRecipe
+    stage_map: StageMap
+    extra: dict[str, Any]
+    resume: str | None
+
+
+def prepare_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+    splits: DataSplits | None = None,
+    check_output: bool = True,
+) -> PreparedRun:
+    """Splits, model, cached feature pass + advisor plan + baseline + head init, transforms, trainer.
+
+    Undecided recipe fields (None, `--strategy auto`) are decided here and written back into the argument objects.
+    """
+    output_dir = training_args.output_dir
+    resume = training_args.resume_from_checkpoint
+    if resume in ("True", "true", True):
+        resume = _last_checkpoint(output_dir)
+        if resume is None:
+            raise ValueError(f"--resume-from-checkpoint was given but {output_dir!r} holds no checkpoint-* folder to resume from.")
+    if check_output:
+        check_output_dir(output_dir, model_args, data_args, finetune_args.overwrite_output_dir, bool(resume))
+    os.makedirs(output_dir, exist_ok=True)
+
+    set_seed(training_args.seed)
+    if splits is None:
+        splits = load_splits(data_args, seed=training_args.seed)
+    model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed)
+    # Cached feature pass, advisor plan (fills every undecided argument), linear-probe baseline, head init.
+    prepared = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args)
+    model = prepared.model
+    preprocessing = attach_transforms(splits, processor, data_args.augmentation)
+    stage_map = split_stages(model)
+
+    set_seed(training_args.seed)  # training randomness (data order, augmentation, dropout) starts from the seed
+    trainer = build_trainer(model, processor, splits, finetune_args, training_args)
+    extra = {
+        "labels": splits.labels,
+        "splits": splits.provenance,
+        "preprocessing": dataclasses.asdict(preprocessing),
+        "stages": [{"name": s.name, "num_tensors": len(s.param_names)} for s in stage_map.stages],
+        "resumed_from": resume,
+        **prepared.record,
+    }
+    return PreparedRun(trainer, processor, splits, prepared, stage_map, extra, resume)
+
+
 def run_finetune(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -207,44 +265,26 @@ def run_finetune(
     Returns:
         `RunResult` with the output directory and the test report.
     """
-    output_dir = training_args.output_dir
-    resume = training_args.resume_from_checkpoint
-    if resume in ("True", "true", True):
-        resume = _last_checkpoint(output_dir)
-        if resume is None:
-            raise ValueError(f"--resume-from-checkpoint was given but {output_dir!r} holds no checkpoint-* folder to resume from.")
-    check_output_dir(output_dir, model_args, data_args, finetune_args.overwrite_output_dir, bool(resume))
-    os.makedirs(output_dir, exist_ok=True)
+    run = prepare_run(model_args, data_args, finetune_args, training_args, splits)
+    trainer, prepared, splits, extra, output_dir = run.trainer, run.recipe, run.splits, run.extra, training_args.output_dir
+    probe_only = finetune_args.strategy == "linear_probe" and prepared.probe is not None
+    if finetune_args.lr_find and not probe_only and not run.resume:
+        from .lr_find import lr_range_test, save_lr_find
 
-    set_seed(training_args.seed)
-    if splits is None:
-        splits = load_splits(data_args, seed=training_args.seed)
-    model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed)
-    # Cached feature pass, advisor plan (fills every undecided argument), linear-probe baseline, head init.
-    prepared = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args)
-    model = prepared.model
-    preprocessing = attach_transforms(splits, processor, data_args.augmentation)
-    stage_map = split_stages(model)
-
-    set_seed(training_args.seed)
-    trainer = build_trainer(model, processor, splits, finetune_args, training_args)
+        found = lr_range_test(trainer)
+        save_lr_find(found, output_dir)
+        extra["lr_find"] = {"suggestion": found.suggestion, "replaced_learning_rate": training_args.learning_rate}
+        training_args.learning_rate = found.suggestion
+        set_seed(training_args.seed)
     run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
-    extra = {
-        "labels": splits.labels,
-        "splits": splits.provenance,
-        "preprocessing": dataclasses.asdict(preprocessing),
-        "stages": [{"name": s.name, "num_tensors": len(s.param_names)} for s in stage_map.stages],
-        "resumed_from": resume,
-        **prepared.record,
-    }
     if trainer.is_world_process_zero():
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
 
-    if finetune_args.strategy == "linear_probe" and prepared.probe is not None:
+    if probe_only:
         # The head was fitted on cached features (prepare_recipe wrote it into the model): no training loop.
         write_probe_schedule(output_dir, prepared.probe)
     else:
-        trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=run.resume)
     report = evaluate_test_split(trainer, splits)
     if prepared.baseline is not None:
         report["baseline"] = prepared.baseline
@@ -254,7 +294,7 @@ def run_finetune(
 
     if trainer.is_world_process_zero():
         trainer.save_model(output_dir)
-        processor.save_pretrained(output_dir)
+        run.processor.save_pretrained(output_dir)
         write_test_report(report, output_dir)
         unfreeze = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StageUnfreezeCallback))
         recorder = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ScheduleRecorderCallback))
@@ -265,4 +305,4 @@ def run_finetune(
         monitor = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GapMonitorCallback))
         extra["gap_monitor"] = {"mode": monitor.mode, "mixup_switched_on_for_epoch": monitor.switched_at, "epochs": monitor.history}
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
-    return RunResult(output_dir=output_dir, test_report=report, stage_map=stage_map, recipe=prepared.plan)
+    return RunResult(output_dir=output_dir, test_report=report, stage_map=run.stage_map, recipe=prepared.plan)
