@@ -52,7 +52,7 @@ def _configure_logging() -> None:
 
 # Subcommands other than training: name -> "module:function", imported only when used. Each function takes
 # the remaining argv and returns an exit code.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"lr-find": ".lr_find:main"}
 
 
 def _run_subcommand(name: str, argv: list[str]) -> int:
@@ -80,13 +80,29 @@ def main(argv: list[str] | None = None) -> int:
     from .run import run_finetune
 
     try:
+        if finetune_args.kfold:
+            from .kfold import run_kfold
+
+            summary = run_kfold(model_args, data_args, finetune_args, training_args)
+            f1, acc = summary["test_macro_f1"], summary["test_accuracy"]
+            print(
+                f"hf_finetune: {summary['k']}-fold test macro-F1 {f1['mean']:.4f} +/- {f1['half_width']:.4f}, accuracy "
+                f"{acc['mean']:.4f} +/- {acc['half_width']:.4f} (95% t-interval) -> {training_args.output_dir}"
+            )
+            return 0
         result = run_finetune(model_args, data_args, finetune_args, training_args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if result.recipe is not None:
+        print(f"hf_finetune recipe ({result.recipe.case}): " + ", ".join(
+            f"{name}={choice.value}" for name, choice in result.recipe.choices.items()
+        ))
     report = result.test_report
+    baseline = report.get("baseline")
+    versus = f" (linear-probe baseline: macro-F1 {baseline['macro_f1']:.4f})" if baseline else ""
     print(
-        f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+        f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}{versus} "
         f"on {report['num_samples']} held-out images -> {result.output_dir}"
     )
     return 0

@@ -144,6 +144,7 @@ def extract_features(
     Returns:
         `np.ndarray` float32 `[len(images), feature_dim]` (inputs of several head layers are concatenated).
     """
+    images = list(images)  # a datasets Column slices lazily; a list is what the processor takes
     layers = head_linear_layers(model, stage_map)
     captured: list[list[torch.Tensor]] = [[] for _ in layers]
 
