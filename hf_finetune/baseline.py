@@ -1,7 +1,7 @@
 """The frozen-feature baseline: a linear classifier on cached backbone features.
 
-`fit_linear_probe` trains an L2-regularised logistic regression (scikit-learn, lbfgs) on standardised train
-features, picking the inverse regularisation strength `C` on the validation split (macro-F1). The result is an
+`fit_linear_probe` trains an L2-regularised logistic regression (scikit-learn, lbfgs) on centred, globally scaled
+train features, picking the inverse regularisation strength `C` on the validation split (macro-F1). The result is an
 ordinary linear map (standardisation folded in), so it can be written into the model's own head
 (`write_probe_into_head`): the `linear_probe` strategy then saves and reloads as a normal classifier, and
 `head_then_unfreeze` / `top_k` / `full` can start from a fitted head instead of a random one (LP-FT).
@@ -55,10 +55,16 @@ class LinearProbe:
         return self.logits(features).argmax(axis=1)
 
 
-def _standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _standardiser(features: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-feature mean and ONE global scale (root mean variance).
+
+    A per-feature scale would divide near-constant features (dead units: common on a domain far from the
+    pretraining data) by a tiny std; folded into the head, such weights explode as soon as fine-tuning moves
+    those features. One global scale keeps the solver well conditioned and the head's weights bounded.
+    """
     mean = features.mean(axis=0)
-    std = features.std(axis=0)
-    return mean, np.where(std > 1e-6, std, 1.0)
+    scale = float(np.sqrt(features.var(axis=0).mean()))
+    return mean, scale if scale > 1e-12 else 1.0
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, num_labels: int, C: float, seed: int, class_weight: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +123,7 @@ def fit_linear_probe(
         fits[C] = (weight, bias)
     best = max(c_grid, key=lambda C: (round(candidates[C], 6), -C))
     weight, bias = fits[best]
-    # Fold the standardisation in: w.(x - m)/s + b = (w/s).x + (b - w.(m/s)).
+    # Fold the scaling in: w.(x - m)/s + b = (w/s).x + (b - (w/s).m).
     raw_weight = weight / std
     raw_bias = bias - raw_weight @ mean
     probe = LinearProbe(

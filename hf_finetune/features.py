@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 # Bump when the meaning of a cached vector changes (hook point, dtype, preprocessing path).
 FEATURE_CACHE_VERSION = 1
 SPLIT_NAMES = ("train", "validation", "test")
+THROUGHPUT_FILE = "throughput.json"
+# A feature pass over fewer images is too short to time reliably (first-call allocations dominate).
+MIN_TIMED_IMAGES = 64
 
 
 def default_feature_cache_dir() -> str:
@@ -71,7 +75,8 @@ class SplitFeatures:
         seconds (`float`): wall time of the whole feature pass (cache reads included).
         computed (`int`): images that went through the backbone (the rest came from the cache).
         images_per_second (`float`, *optional*): measured forward throughput (preprocessing included) of this
-            machine on this model; `None` when nothing had to be computed.
+            machine on this model: of this feature pass, or recorded by an earlier one in the cache; `None` when
+            neither timed at least `MIN_TIMED_IMAGES` images.
     """
 
     train: FeatureSet
@@ -246,6 +251,24 @@ class FeatureCache:
                     logger.warning("Ignoring unreadable feature cache shard %s (%s)", shard, err)
         return self._vectors
 
+    def save_throughput(self, images_per_second: float, batch_size: int) -> None:
+        """Records the throughput of a feature pass of at least `MIN_TIMED_IMAGES` images on this machine."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {"images_per_second": images_per_second, "batch_size": batch_size, "host": platform.node(), "cpus": os.cpu_count()}
+        tmp = self.directory / f".tmp-{os.getpid()}-throughput.json"
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, self.directory / THROUGHPUT_FILE)
+
+    def load_throughput(self) -> float | None:
+        """The recorded throughput, if it was measured on this machine."""
+        path = self.directory / THROUGHPUT_FILE
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        same_machine = payload.get("host") == platform.node() and payload.get("cpus") == os.cpu_count()
+        return float(payload["images_per_second"]) if same_machine else None
+
     def add(self, keys: list[str], features: np.ndarray) -> None:
         if not keys:
             return
@@ -323,7 +346,13 @@ def compute_split_features(
         computed = dict(zip(ordered, matrix))
         if cache:
             cache.add(ordered, matrix)
+            if len(todo) >= MIN_TIMED_IMAGES and throughput:
+                cache.save_throughput(throughput, batch_size)
         logger.info("Feature pass: %d images through the backbone at %.1f images/s", len(ordered), throughput or 0.0)
+        if len(todo) < MIN_TIMED_IMAGES:
+            throughput = None
+    if throughput is None and cache:
+        throughput = cache.load_throughput()  # measured by an earlier feature pass on this machine
 
     def feature_set(name: str) -> FeatureSet:
         keys = keys_by_split[name]
@@ -351,8 +380,9 @@ def compute_split_features(
 
 
 def measure_throughput(model: torch.nn.Module, processor: Any, images: list[Any], batch_size: int = 32) -> float:
-    """Forward throughput (images/s, preprocessing included) on a small sample, for when everything was cached."""
-    extract_features(model, processor, images[:2])  # warm-up (allocations, lazy init)
+    """Forward throughput (images/s, preprocessing included) on a small sample, when no feature pass timed one."""
+    images = list(images)
+    extract_features(model, processor, images[:batch_size], batch_size=batch_size)  # warm-up (allocations, lazy init)
     start = time.perf_counter()
     extract_features(model, processor, images, batch_size=batch_size)
     return len(images) / max(time.perf_counter() - start, 1e-9)

@@ -105,9 +105,9 @@ def prepare_recipe(
 
     if undecided:
         features = result.features
-        if features.images_per_second is None:  # everything came from the cache: time a small sample
-            sample = splits.train.with_format(None).select(range(min(32, len(splits.train))))["image"]
-            features.images_per_second = measure_throughput(model, processor, sample)
+        if features.images_per_second is None:  # nothing timed on this machine yet: time a small sample
+            sample = splits.train.with_format(None).select(range(min(64, len(splits.train))))["image"]
+            features.images_per_second = measure_throughput(model, processor, sample, training_args.per_device_eval_batch_size)
         side = min(resolve_preprocessing(processor).size)
         measurements = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
         result.plan = plan_recipe(

@@ -36,13 +36,17 @@ def test_features_are_the_heads_input(kind, loaded):
     assert torch.allclose(expected, logits, atol=1e-4)
 
 
-def test_feature_cache_is_reused_and_keyed_by_preprocessing(loaded, tmp_path):
+def test_feature_cache_is_reused_and_keyed_by_preprocessing(loaded, tmp_path, monkeypatch):
+    import hf_finetune.features as features_module
+
+    monkeypatch.setattr(features_module, "MIN_TIMED_IMAGES", 10)
     splits, model, processor, path = loaded("vit")
     first = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
     total = len(splits.train) + len(splits.validation) + len(splits.test)
     assert first.computed == total and first.images_per_second > 0
     second = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
     assert second.computed == 0 and second.model_key == first.model_key
+    assert second.images_per_second == pytest.approx(first.images_per_second)  # recorded by the first pass
     for name in ("train", "validation", "test"):
         assert np.array_equal(getattr(first, name).features, getattr(second, name).features)
         assert np.array_equal(getattr(first, name).labels, np.asarray(getattr(splits, name)["label"]))
