@@ -109,7 +109,19 @@ def write_run_config(
         "data": dataclasses.asdict(data_args),
         "finetune": dataclasses.asdict(finetune_args),
         "training": training,
-        "seeds": {"seed": training_args.seed, "data_seed": training_args.data_seed, "split_seed": training_args.seed},
+        # One --seed drives everything: python/numpy/torch (set_seed before the head init and again before
+        # training: data order, augmentation, mixup, dropout), the stratified splits, the advisor's CV folds and
+        # image sample, the probe's solver and the k-fold split.
+        "seeds": {
+            "seed": training_args.seed,
+            "data_seed": training_args.data_seed,
+            "split_seed": training_args.seed,
+            "head_init_seed": training_args.seed,
+            "augmentation_seed": training_args.seed,
+            "advisor_cv_seed": training_args.seed,
+            "probe_seed": training_args.seed,
+            "kfold_seed": training_args.seed,
+        },
         "versions": library_versions(),
         "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
         **extra,

@@ -176,3 +176,33 @@ def test_auto_run_end_to_end(kind, folder_kind, expected_case, expected_strategy
         assert json.loads((out / "schedule.json").read_text())["epochs"] == []
     else:
         assert config["epochs_run"] >= 1
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--strategy", "guess"], "`--strategy` must be one of ('auto', 'linear_probe'"),
+        (["--augmentation", "extreme"], "`--augmentation` must be one of ('none', 'light', 'medium', 'strong'), got 'extreme'"),
+        (["--mixup", "sometimes"], "`--mixup` must be one of ('off', 'on', 'auto'), got 'sometimes'"),
+        (["--class-balance", "oversample"], "`--class-balance` must be one of ('none', 'weighted_loss', 'sampler')"),
+        (["--optimizer", "adam"], "`--optimizer` must be one of ('adamw', 'radam', 'sgd', 'trainer'), got 'adam'"),
+        (["--lr-schedule", "step"], "`--lr-schedule` must be one of ('trainer', 'plateau', 'one_cycle', 'cyclic')"),
+        (["--time-budget", "-5"], "`--time-budget` must be a positive number of minutes, got -5.0"),
+        (["--head-dropout", "1.5"], "`--head-dropout` must lie in [0, 1), got 1.5"),
+        (["--kfold", "1"], "`--kfold` must be 0 (off) or at least 2 folds, got 1"),
+        (["--l2sp", "-1"], "`--l2sp` must be >= 0, got -1.0"),
+    ],
+)
+def test_recipe_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path):
+    assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_says_which_choices_the_advisor_makes():
+    from hf_finetune.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "auto (default: the recipe advisor" in text
+    for flag in ("--layer-decay", "--augmentation", "--head-init", "--mixup", "--num-train-epochs", "--label-smoothing-factor"):
+        assert flag in text
+    assert text.count("chosen by the recipe advisor") >= 10
