@@ -29,6 +29,12 @@ ONE_CYCLE_END = 1 / 1000
 CYCLIC_LOW = 0.1
 
 
+def uses_plateau(lr_schedule: str | None, lr_scheduler_type: object) -> bool:
+    """`--lr-schedule plateau`, or the Trainer's `--lr-scheduler-type reduce_lr_on_plateau` (served by the same
+    gated equivalent: torch's ReduceLROnPlateau is no LambdaLR and would ignore the freeze gates)."""
+    return lr_schedule == "plateau" or getattr(lr_scheduler_type, "value", lr_scheduler_type) == "reduce_lr_on_plateau"
+
+
 def warmup_constant(warmup_steps: int) -> Callable[[int], float]:
     """Linear warmup to 1, then 1 (the base of the plateau schedule)."""
 

@@ -26,7 +26,7 @@ from .backbone import StageMap, split_stages
 from .data import DataSplits, attach_transforms, collate, load_splits
 from .evaluation import classification_report, compute_metrics, write_test_report
 from .freezing import StageUnfreezeCallback
-from .lr_curves import PlateauLRCallback
+from .lr_curves import PlateauLRCallback, uses_plateau
 from .monitor import GapMonitorCallback, TrainPredictionLog
 from .recipe import load_model, prepare_recipe
 from .regularization import class_counts, inverse_frequency_weights
@@ -155,7 +155,7 @@ def build_trainer(
         monitor,
         ScheduleRecorderCallback(training_args.output_dir, field_sources=[monitor.epoch_fields]),
     ]
-    if finetune_args.lr_schedule == "plateau" or str(training_args.lr_scheduler_type).endswith(("reduce_lr_on_plateau", "REDUCE_ON_PLATEAU")):
+    if uses_plateau(finetune_args.lr_schedule, training_args.lr_scheduler_type):
         callbacks.append(PlateauLRCallback(metric=metric, patience=finetune_args.plateau_patience))
     if finetune_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))

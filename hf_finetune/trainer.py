@@ -23,7 +23,7 @@ from transformers import logging as hf_logging
 from .arguments import FinetuneArguments, fill_fallbacks
 from .augment import BatchMixer
 from .backbone import StageMap, no_weight_decay_names, split_stages
-from .lr_curves import cyclic, one_cycle, warmup_constant
+from .lr_curves import cyclic, one_cycle, uses_plateau, warmup_constant
 from .lr_schedule import build_staged_scheduler
 from .monitor import GapMonitorCallback, TrainPredictionLog
 from .param_groups import GroupSpec, build_param_groups, log_param_groups
@@ -142,9 +142,7 @@ class FinetuneTrainer(Trainer):
     def _lr_curve(self, num_training_steps: int):
         """The `--lr-schedule` curve, or None for the Trainer's own `--lr-scheduler-type`."""
         kind = self.finetune_args.lr_schedule
-        if str(self.args.lr_scheduler_type) in ("reduce_lr_on_plateau", "SchedulerType.REDUCE_ON_PLATEAU"):
-            kind = "plateau"  # torch's ReduceLROnPlateau is no LambdaLR: use the gated equivalent
-        if kind == "plateau":
+        if uses_plateau(kind, self.args.lr_scheduler_type):
             return warmup_constant(self.args.get_warmup_steps(num_training_steps))
         if kind == "one_cycle":
             return one_cycle(num_training_steps)

@@ -118,3 +118,12 @@ def test_lr_find_subcommand(tiny_checkpoint, image_folder, tmp_path, capsys):
     assert main(argv) == 0
     assert "suggested --learning-rate" in capsys.readouterr().out
     assert (out / "lr_find.png").is_file() and (out / "lr_find.json").is_file()
+
+
+def test_trainer_reduce_on_plateau_type_uses_the_gated_plateau_schedule():
+    from transformers.trainer_utils import SchedulerType
+
+    from hf_finetune.lr_curves import uses_plateau
+
+    assert uses_plateau("trainer", SchedulerType("reduce_lr_on_plateau")) and uses_plateau("plateau", "cosine")
+    assert not uses_plateau("trainer", SchedulerType("cosine"))
