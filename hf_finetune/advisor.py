@@ -45,9 +45,13 @@ KNN_NEIGHBOURS = 5
 CV_FOLDS = 5
 # Images sampled for the colour / resolution statistics.
 IMAGE_SAMPLE = 200
-# Cost model of one training epoch, in forward passes per image: 1 forward + ~2x forward per backward through
-# the trainable share of the backbone; augmentation costs about as much as the evaluation preprocessing.
-BACKWARD_COST = 2.0
+# Cost model of one training epoch, in feature-pass images: 1 forward + BACKWARD_COST per backward through the
+# trainable share of the backbone. Calibrated on CPU (efficientnet_lite0, pneumoniamnist): a full fine-tuning
+# epoch ran at ~0.7x the feature pass's images/s (which includes decoding and the processor's resize).
+BACKWARD_COST = 1.0
+# Fewer fine-tuning epochs than this fit the budget -> the linear probe (a one-epoch fine-tune of a
+# probe-initialised model lowered validation macro-F1 below the probe's on pneumoniamnist).
+MIN_FINETUNE_EPOCHS = 2
 # Share of the time budget planned for epochs (the rest absorbs checkpointing and estimation error).
 BUDGET_SAFETY = 0.85
 MAX_EPOCHS = {"small": 20, "large": 12}
@@ -55,7 +59,7 @@ MAX_EPOCHS = {"small": 20, "large": 12}
 # or the training arguments.
 ADVISOR_FIELDS = (
     "strategy", "layer_decay", "head_init", "head_epochs", "top_k", "num_train_epochs", "stages_per_unfreeze",
-    "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance",
+    "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
 )
 
 
@@ -275,6 +279,11 @@ _STRATEGY_REASONS = {
 }
 
 
+def _trainable_share(strategy: str, top_k: int, units: int) -> float:
+    """Average share of the backbone that trains (and costs a backward pass) under `strategy`."""
+    return {"linear_probe": 0.0, "top_k": min(1.0, top_k / units), "head_then_unfreeze": 0.75, "full": 1.0}[strategy]
+
+
 def _epoch_cost(m: DatasetMeasurements, trainable_share: float) -> float | None:
     """Estimated seconds of one epoch (training + validation) when `trainable_share` of the backbone trains."""
     if not m.forward_images_per_second:
@@ -322,7 +331,22 @@ def plan_recipe(
             plan.choices[name] = Choice(value, reason)
         return plan.choices[name].value
 
-    strategy = choose("strategy", defaults["strategy"], f"{_STRATEGY_REASONS[defaults['strategy']]} [{size_why}; {domain_why}]")
+    units = max(1, m.backbone_units)
+    default_top_k = max(1, math.ceil(units / 3))
+    proposed = defaults["strategy"]
+    strategy_why = f"{_STRATEGY_REASONS[proposed]} [{size_why}; {domain_why}]"
+    if "strategy" not in fixed and proposed != "linear_probe" and time_budget_minutes:
+        cost = _epoch_cost(m, _trainable_share(proposed, fixed.get("top_k", default_top_k), units))
+        fits = time_budget_minutes * 60 * BUDGET_SAFETY / cost if cost else math.inf
+        if fits < MIN_FINETUNE_EPOCHS:
+            strategy_why = (
+                f"the {m.size} + {m.domain} case calls for {proposed}, but only {fits:.1f} epochs of it (~{cost:.0f}s "
+                f"each) fit the {time_budget_minutes:g} min budget; a fine-tune shorter than {MIN_FINETUNE_EPOCHS} epochs "
+                "ends before it recovers from its first updates: fit the head on cached features instead "
+                f"(raise --time-budget to fine-tune) [{size_why}; {domain_why}]"
+            )
+            proposed = "linear_probe"
+    strategy = choose("strategy", proposed, strategy_why)
     trains_backbone = strategy != "linear_probe"
     if trains_backbone and defaults["strategy"] == "linear_probe":
         defaults = {**defaults, **_TRAINED_SMALL_SIMILAR}
@@ -344,6 +368,14 @@ def plan_recipe(
         "into the pretrained layers in the first steps; it also replaces the head-only epoch(s)",
     )
     choose(
+        "fix_bn_stats",
+        head_init == "probe" and trains_backbone,
+        "the probe head was fitted on features normalised with the pretrained BatchNorm statistics; statistics of "
+        "small training batches from the new data would shift every feature it reads (and are noisy): keep them, "
+        "train the BatchNorm affine weights" if head_init == "probe" and trains_backbone
+        else "BatchNorm statistics follow the training batches" if trains_backbone else "no training epochs",
+    )
+    choose(
         "head_epochs",
         0 if head_init == "probe" else 1,
         "the probe-initialised head needs no head-only epoch" if head_init == "probe"
@@ -351,10 +383,8 @@ def plan_recipe(
     )
 
     # Epochs: fit the budget for the strategy's cost, capped by data size.
-    units = max(1, m.backbone_units)
-    top_k = choose("top_k", max(1, math.ceil(units / 3)), f"the top third of the {units} backbone stages")
-    share = {"linear_probe": 0.0, "top_k": min(1.0, top_k / units), "head_then_unfreeze": 0.75, "full": 1.0}[strategy]
-    plan.estimated_epoch_seconds = _epoch_cost(m, share)
+    top_k = choose("top_k", default_top_k, f"the top third of the {units} backbone stages")
+    plan.estimated_epoch_seconds = _epoch_cost(m, _trainable_share(strategy, top_k, units))
     max_epochs = MAX_EPOCHS[m.size]
     if not trains_backbone:
         epochs, why = 0.0, "the linear probe is fitted on cached features, no training epochs"

@@ -33,6 +33,7 @@ FALLBACKS: dict[str, object] = {
     "stages_per_unfreeze": 1,
     "head_init": "random",
     "head_dropout": 0.0,
+    "fix_bn_stats": False,
     "mixup": "off",
     "class_balance": "none",
     "augmentation": "light",
@@ -279,6 +280,15 @@ class FinetuneArguments:
             "help": "Run K stratified folds over train+validation (each fold is once the validation split; the test "
             "split stays held out) and report mean and 95%% t-interval of test accuracy and macro-F1 in "
             "kfold_report.json. 0 = a single run."
+        },
+    )
+    fix_bn_stats: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep BatchNorm running statistics fixed (normalise with them, eval mode) in trainable stages too; "
+            "the BatchNorm affine weights still train. No effect on models without BatchNorm "
+            f"({_ADVISOR}: on when the head starts from the probe, which was fitted on features normalised with the "
+            "pretrained statistics)."
         },
     )
     early_stopping_patience: int = field(

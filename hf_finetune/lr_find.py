@@ -120,7 +120,10 @@ def lr_range_test(
     trainer.optimizer = None
     trainer.mixer = None  # plain batches: the sweep measures the loss the LR has to bring down
     try:
-        set_trainable_stages(model, trainer.stage_map, _trainable_at_start(trainer), train_bn=trainer.finetune_args.train_bn)
+        set_trainable_stages(
+            model, trainer.stage_map, _trainable_at_start(trainer),
+            train_bn=trainer.finetune_args.train_bn, fix_bn_stats=bool(trainer.finetune_args.fix_bn_stats),
+        )
         optimizer = trainer.create_optimizer()
         base = trainer.args.learning_rate
         initial = [group["lr"] / base for group in optimizer.param_groups]  # each group's ratio to the top stage

@@ -96,7 +96,7 @@ def test_explicit_flags_win_and_the_rest_is_planned_around_them():
 def test_time_budget_sets_the_epochs_from_measured_throughput():
     m = measured(LARGE, DIFFERENT, fps=50.0)  # 2400 train + 400 validation images
     plan = plan_recipe(m, time_budget_minutes=10)
-    epoch_seconds = (2400 * 3 + 400) / 50.0  # full fine-tune: forward + 2x backward per training image
+    epoch_seconds = (2400 * 2 + 400) / 50.0  # full fine-tune: forward + backward (BACKWARD_COST 1) per training image
     assert plan.estimated_epoch_seconds == pytest.approx(epoch_seconds)
     assert plan.value("num_train_epochs") == int(10 * 60 * 0.85 // epoch_seconds)
     assert "budget" in plan.choices["num_train_epochs"].reason
@@ -104,7 +104,12 @@ def test_time_budget_sets_the_epochs_from_measured_throughput():
     assert plan_recipe(m, time_budget_minutes=30).value("num_train_epochs") > plan.value("num_train_epochs")
     assert plan_recipe(m, time_budget_minutes=10_000).value("num_train_epochs") == 12
     assert plan_recipe(m).value("num_train_epochs") == 10
-    assert plan_recipe(m, time_budget_minutes=0.01).value("num_train_epochs") == 1
+    # Too little budget for MIN_FINETUNE_EPOCHS epochs of fine-tuning: the linear probe, unless the user chose.
+    short = plan_recipe(m, time_budget_minutes=2)
+    assert short.value("strategy") == "linear_probe" and short.value("num_train_epochs") == 0
+    assert "fit the 2 min budget" in short.choices["strategy"].reason
+    forced = plan_recipe(m, time_budget_minutes=2, fixed={"strategy": "full"})
+    assert forced.value("strategy") == "full" and forced.value("num_train_epochs") == 1
 
 
 def test_imbalance_picks_a_weighted_loss_and_noisy_labels_raise_smoothing():

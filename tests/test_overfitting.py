@@ -172,3 +172,18 @@ def test_trainer_adds_l2sp_and_class_weights_to_the_loss(tiny_checkpoint, image_
     weighted = trainer.compute_loss(trainer.model, batch)
     only_class_0 = {k: v[batch["labels"] == 0] for k, v in batch.items()}
     assert torch.allclose(weighted, trainer.compute_loss(trainer.model, only_class_0), atol=1e-5)
+
+
+@pytest.mark.parametrize("fix", [True, False])
+def test_fix_bn_stats_keeps_running_statistics_of_trained_stages(fix, tiny_checkpoint, image_folder, tmp_path):
+    from test_training import Snapshots, changed
+
+    trainer = make_trainer("resnet", tiny_checkpoint, image_folder, tmp_path / "out", epochs=1, strategy="full", fix_bn_stats=fix)
+    snaps = Snapshots()
+    trainer.add_callback(snaps)
+    trainer.train()
+    running = [n for n in snaps.buffers[0] if n.endswith(("running_mean", "running_var"))]
+    bn_weights = [n for n in snaps.params[0] if ".normalization." in n or "bn" in n.split(".")[-2]]
+    assert running and bn_weights
+    assert (changed(snaps.buffers[0], snaps.buffers[-1], running) == []) == fix
+    assert changed(snaps.params[0], snaps.params[-1], bn_weights)  # the affine weights train either way
