@@ -15,10 +15,51 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 STRATEGIES = ("linear_probe", "head_then_unfreeze", "top_k", "full")
-AUGMENTATIONS = ("none", "light")
+AUTO = "auto"
+AUGMENTATIONS = ("none", "light", "medium", "strong")
 PEFT_METHODS = ("none", "lora")
 # What an evaluation reports (`evaluation.compute_metrics` plus the loss): the metrics a run can select on.
 VALIDATION_METRICS = ("macro_f1", "accuracy", "loss")
+HEAD_INITS = ("probe", "random")
+MIXUP_MODES = ("off", "on", "auto")
+CLASS_BALANCE = ("none", "weighted_loss", "sampler")
+OPTIMIZERS = ("adamw", "radam", "sgd")
+LR_SCHEDULES = ("trainer", "plateau", "one_cycle", "cyclic")
+
+# A field left at None is decided by the recipe advisor (`advisor.py`) before training. When nothing decides it
+# (a trainer assembled by hand from the Python API), these values apply: the fixed recipe hf_finetune had before the
+# advisor existed.
+FALLBACKS: dict[str, object] = {
+    "strategy": "head_then_unfreeze",
+    "layer_decay": 0.7,
+    "head_epochs": 1,
+    "top_k": 2,
+    "stages_per_unfreeze": 1,
+    "head_init": "random",
+    "head_dropout": 0.0,
+    "fix_bn_stats": False,
+    "mixup": "off",
+    "class_balance": "none",
+    "augmentation": "light",
+    "num_train_epochs": 10.0,
+    "label_smoothing_factor": 0.1,
+}
+_ADVISOR = "default: chosen by the recipe advisor (see `run_config.json` -> recipe)"
+
+
+def fill_fallbacks(*args: object) -> list[str]:
+    """Sets every undecided field (None, or strategy "auto") of the given argument objects to `FALLBACKS`.
+
+    Returns the names of the fields that were filled.
+    """
+    filled = []
+    for obj in args:
+        for name, value in FALLBACKS.items():
+            current = getattr(obj, name, "absent")
+            if current is None or (name == "strategy" and current == AUTO):
+                setattr(obj, name, value)
+                filled.append(name)
+    return filled
 
 
 @dataclass
@@ -68,9 +109,13 @@ class DataArguments:
             "test split and a fresh validation split is carved from train."
         },
     )
-    augmentation: str = field(
-        default="light",
-        metadata={"help": f"Training augmentation, one of {AUGMENTATIONS}. 'light' = random resized crop + flip."},
+    augmentation: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Training augmentation, one of {AUGMENTATIONS}: light = random resized crop + flip; medium adds "
+            "colour jitter and TrivialAugment; strong = wider crops + RandAugment + colour jitter + random erasing. "
+            f"({_ADVISOR}: stronger for less data and for a domain far from the pretraining data.)"
+        },
     )
     check_images: bool = field(
         default=True,
@@ -85,7 +130,7 @@ class DataArguments:
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ValueError(f"`--{name.replace('_', '-')}` must lie in (0, 0.5), got {value}.")
-        if self.augmentation not in AUGMENTATIONS:
+        if self.augmentation is not None and self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"`--augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")
 
 
@@ -94,32 +139,55 @@ class FinetuneArguments:
     """The recipe: which stages train when, and at which learning rate."""
 
     strategy: str = field(
-        default="head_then_unfreeze",
+        default=AUTO,
         metadata={
-            "help": "Freezing strategy: linear_probe (backbone frozen throughout), head_then_unfreeze (head first, "
-            "then one more stage per unfreeze step, top stage first), top_k (only the top --top-k stages and the "
-            "head train), full (everything trains)."
+            "help": "Freezing strategy: auto (default: the recipe advisor measures dataset size, class balance and "
+            "how well frozen features already separate the classes, and picks one of the others), linear_probe "
+            "(backbone frozen throughout; trained on cached features), head_then_unfreeze (head first, then one more "
+            "stage per unfreeze step, top stage first), top_k (only the top --top-k stages and the head train), full "
+            "(everything trains). Every other choice of the advisor is overridden by giving its flag."
         },
     )
-    layer_decay: float = field(
-        default=0.7,
+    time_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Minutes of training (epochs incl. validation) the advisor plans for: it picks the number of epochs "
+            "from the throughput measured during the feature pass. Ignored when --num-train-epochs is given."
+        },
+    )
+    layer_decay: float | None = field(
+        default=None,
         metadata={
             "help": "Layer-wise LR decay: stage at depth d (embeddings 0 .. top D) trains at "
-            "learning_rate * layer_decay ** (D - d). 1.0 turns it off."
+            f"learning_rate * layer_decay ** (D - d). 1.0 turns it off. ({_ADVISOR}: closer to 1 when lower "
+            "layers must adapt to a different domain.)"
+        },
+    )
+    head_init: str | None = field(
+        default=None,
+        metadata={
+            "help": f"How the new head starts, one of {HEAD_INITS}: probe = the linear probe fitted on cached frozen "
+            "features (LP-FT: no random head distorting the backbone early; replaces the head-only epochs), random. "
+            f"({_ADVISOR})"
         },
     )
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": "LR of the new head (default: 10 x --learning_rate: a fresh head must move much further)."},
     )
-    head_epochs: int = field(
-        default=1, metadata={"help": "head_then_unfreeze: epochs with only the head trainable before unfreezing starts."}
+    head_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "head_then_unfreeze: epochs with only the head trainable before unfreezing starts "
+            f"({_ADVISOR}: 0 when the head starts from the probe, else 1)."
+        },
     )
     unfreeze_every: int = field(
         default=1, metadata={"help": "head_then_unfreeze: epochs between two unfreeze steps (epoch schedule)."}
     )
-    stages_per_unfreeze: int = field(
-        default=1, metadata={"help": "head_then_unfreeze: stages unfrozen at each step, top stage first."}
+    stages_per_unfreeze: int | None = field(
+        default=None,
+        metadata={"help": f"head_then_unfreeze: stages unfrozen at each step, top stage first ({_ADVISOR})."},
     )
     unfreeze_on_plateau: bool = field(
         default=False,
@@ -129,7 +197,9 @@ class FinetuneArguments:
         },
     )
     plateau_patience: int = field(default=1, metadata={"help": "Epochs without improvement that count as a plateau."})
-    top_k: int = field(default=2, metadata={"help": "top_k: number of top backbone stages trained with the head."})
+    top_k: int | None = field(
+        default=None, metadata={"help": f"top_k: number of top backbone stages trained with the head ({_ADVISOR})."}
+    )
     unfreeze_warmup_epochs: float = field(
         default=0.5,
         metadata={"help": "A newly unfrozen stage ramps its LR linearly from 0 over this many epochs instead of jumping."},
@@ -137,6 +207,100 @@ class FinetuneArguments:
     train_bn: bool = field(
         default=False,
         metadata={"help": "Let BatchNorm layers of frozen stages update their running statistics (default: kept fixed)."},
+    )
+    head_dropout: float | None = field(
+        default=None,
+        metadata={"help": f"Dropout on the head's input features while training ({_ADVISOR})."},
+    )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stochastic depth (drop-path) rate, for backbones that have it (ViT family, ConvNeXt, Swin, timm "
+            f"models); ignored with a warning elsewhere ({_ADVISOR}; the checkpoint's own value if nothing decides)."
+        },
+    )
+    mixup: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Mixup/CutMix on training batches, one of {MIXUP_MODES}: on, off, or auto = switched on by the "
+            "train/validation gap monitor when the macro-F1 gap stays above --gap-threshold for --gap-patience epochs "
+            f"({_ADVISOR})."
+        },
+    )
+    mixup_alpha: float = field(default=0.2, metadata={"help": "Mixup Beta(alpha, alpha) parameter; 0 disables mixup."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta(alpha, alpha) parameter; 0 disables CutMix."})
+    gap_threshold: float = field(
+        default=0.1, metadata={"help": "Train minus validation macro-F1 above which the gap monitor calls it overfitting."}
+    )
+    gap_patience: int = field(
+        default=2, metadata={"help": "Epochs the gap must stay above --gap-threshold before mixup/CutMix switches on."}
+    )
+    class_balance: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Class-imbalance handling, one of {CLASS_BALANCE}: weighted_loss (cross-entropy weighted by "
+            f"inverse class frequency), sampler (class-balanced sampling) ({_ADVISOR}: weighted_loss when the largest "
+            "class has 3x the images of the smallest)."
+        },
+    )
+    noisy_labels: bool = field(
+        default=False,
+        metadata={"help": "Labels are known to be noisy: raise label smoothing (unless --label-smoothing-factor is given)."},
+    )
+    l2sp: float = field(
+        default=0.0,
+        metadata={
+            "help": "L2-SP strength: penalty alpha/2 * ||w - w_pretrained||^2 over trainable backbone parameters, "
+            "pulling them toward the pretrained weights (against forgetting on small data). 0 = off."
+        },
+    )
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": f"Optimizer, one of {OPTIMIZERS} (torch's AdamW, RAdam with decoupled weight decay, SGD with "
+            "Nesterov momentum 0.9). Use `trainer` to take transformers' --optim instead.",
+        },
+    )
+    lr_schedule: str = field(
+        default="trainer",
+        metadata={
+            "help": f"LR schedule, one of {LR_SCHEDULES}: trainer = --lr-scheduler-type after warmup (default cosine); "
+            "plateau = ReduceLROnPlateau on validation macro-F1 (x0.5 after --plateau-patience epochs); one_cycle = "
+            "linear rise to the peak LR over the first 30%%, cosine down to 1/1000; cyclic = triangular cycles of "
+            "one epoch up and one epoch down between peak/10 and peak."
+        },
+    )
+    lr_find: bool = field(
+        default=False,
+        metadata={
+            "help": "Run an LR range test (`python -m hf_finetune lr-find`) on the trainable groups before training "
+            "and use its suggestion as --learning-rate (the LR-find plot and JSON go to --output-dir)."
+        },
+    )
+    baseline: bool = field(
+        default=True,
+        metadata={"help": "Train the linear-probe baseline on cached frozen features and report it beside the fine-tune."},
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where frozen backbone features are cached (default: ~/.cache/hf_finetune/features)."},
+    )
+    kfold: int = field(
+        default=0,
+        metadata={
+            "help": "Run K stratified folds over train+validation (each fold is once the validation split; the test "
+            "split stays held out) and report mean and 95%% t-interval of test accuracy and macro-F1 in "
+            "kfold_report.json. 0 = a single run."
+        },
+    )
+    fix_bn_stats: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep BatchNorm running statistics fixed (normalise with them, eval mode) in trainable stages too; "
+            "the BatchNorm affine weights still train. No effect on models without BatchNorm "
+            f"({_ADVISOR}: on when the head starts from the probe, which was fitted on features normalised with the "
+            "pretrained statistics)."
+        },
     )
     early_stopping_patience: int = field(
         default=4, metadata={"help": "Stop after this many epochs without a better validation macro-F1 (0 = never)."}
@@ -166,21 +330,36 @@ class FinetuneArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"`--strategy` must be one of {STRATEGIES}, got {self.strategy!r}.")
-        if not 0.0 < self.layer_decay <= 1.0:
+        if self.strategy not in (AUTO, *STRATEGIES):
+            raise ValueError(f"`--strategy` must be one of {(AUTO, *STRATEGIES)}, got {self.strategy!r}.")
+        for name, allowed in (
+            ("head_init", HEAD_INITS), ("mixup", MIXUP_MODES), ("class_balance", CLASS_BALANCE),
+            ("optimizer", (*OPTIMIZERS, "trainer")), ("lr_schedule", LR_SCHEDULES),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"`--{name.replace('_', '-')}` must be one of {allowed}, got {value!r}.")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(
                 f"`--layer-decay` must lie in (0, 1], got {self.layer_decay}: 1.0 gives every stage the same LR, "
                 "smaller values give lower stages smaller LRs."
             )
         if self.head_learning_rate is not None and not (self.head_learning_rate > 0 and math.isfinite(self.head_learning_rate)):
             raise ValueError(f"`--head-learning-rate` must be a positive number, got {self.head_learning_rate}.")
-        for name in ("head_epochs", "plateau_patience", "early_stopping_patience"):
-            if getattr(self, name) < 0:
+        for name in ("head_epochs", "plateau_patience", "early_stopping_patience", "mixup_alpha", "cutmix_alpha", "l2sp"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"`--{name.replace('_', '-')}` must be >= 0, got {getattr(self, name)}.")
-        for name in ("unfreeze_every", "stages_per_unfreeze", "top_k"):
-            if getattr(self, name) < 1:
+        for name in ("unfreeze_every", "stages_per_unfreeze", "top_k", "gap_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
+        for name in ("head_dropout", "drop_path_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"`--{name.replace('_', '-')}` must lie in [0, 1), got {value}.")
+        if self.time_budget is not None and not (self.time_budget > 0 and math.isfinite(self.time_budget)):
+            raise ValueError(f"`--time-budget` must be a positive number of minutes, got {self.time_budget}.")
+        if self.kfold == 1 or self.kfold < 0:
+            raise ValueError(f"`--kfold` must be 0 (off) or at least 2 folds, got {self.kfold}.")
         if self.unfreeze_warmup_epochs < 0:
             raise ValueError(f"`--unfreeze-warmup-epochs` must be >= 0, got {self.unfreeze_warmup_epochs}.")
         if self.unfreeze_on_plateau and self.strategy != "head_then_unfreeze":
@@ -244,7 +423,10 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
     # The top backbone stage's LR; lower stages get layer-decayed fractions, the head 10x.
     learning_rate: float = field(default=3e-4, metadata={"help": "LR of the top backbone stage (see --layer-decay)."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Maximum epochs (early stopping may end sooner)."})
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": f"Maximum epochs (early stopping may end sooner; {_ADVISOR}: fits --time-budget, else 10)."},
+    )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
     # Decoupled weight decay; biases, norms, position embeddings and tokens are exempt (see param_groups).
@@ -253,7 +435,10 @@ class FinetuneTrainingArguments(TrainingArguments):
     # A float < 1 is a fraction of all steps in transformers 5.
     warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a fraction of all steps if < 1."})
     # Small data: soft targets curb over-confidence on a handful of images per class.
-    label_smoothing_factor: float = field(default=0.1, metadata={"help": "Label smoothing of the cross-entropy loss."})
+    label_smoothing_factor: float | None = field(
+        default=None,
+        metadata={"help": f"Label smoothing of the cross-entropy loss ({_ADVISOR}: 0.1, 0.2 with --noisy-labels)."},
+    )
     eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
     save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
     logging_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to log the training loss."})
@@ -275,14 +460,15 @@ class FinetuneTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         # Checked before the parent's own checks so a bad value is reported with the flag's name, at parse time,
         # instead of after the model has loaded (or, for negative epochs, never: zero steps and a "result").
-        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+        # None = decided by the recipe advisor before training.
+        if self.max_steps <= 0 and self.num_train_epochs is not None and not self.num_train_epochs > 0:
             raise ValueError(f"`--num-train-epochs` must be > 0 (or set `--max-steps`), got {self.num_train_epochs}.")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"`--learning-rate` must be a positive number, got {self.learning_rate}.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
-        if not 0.0 <= self.label_smoothing_factor < 1.0:
+        if self.label_smoothing_factor is not None and not 0.0 <= self.label_smoothing_factor < 1.0:
             raise ValueError(f"`--label-smoothing-factor` must lie in [0, 1), got {self.label_smoothing_factor}.")
         metric = self.metric_for_best_model
         if metric is not None and metric.removeprefix("eval_") not in VALIDATION_METRICS:

@@ -67,6 +67,7 @@ SUBCOMMANDS: dict[str, str] = {
     "card": ".model_card:card_main",
     "push": ".hub:push_main",
     "demo": ".demo:demo_main",
+    "lr-find": ".lr_find:main",
 }
 
 
@@ -103,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     from .run import run_finetune
 
     try:
+        if finetune_args.kfold:
+            from .kfold import run_kfold
+
+            summary = run_kfold(model_args, data_args, finetune_args, training_args)
+            f1, acc = summary["test_macro_f1"], summary["test_accuracy"]
+            print(
+                f"hf_finetune: {summary['k']}-fold test macro-F1 {f1['mean']:.4f} +/- {f1['half_width']:.4f}, accuracy "
+                f"{acc['mean']:.4f} +/- {acc['half_width']:.4f} (95% t-interval) -> {training_args.output_dir}"
+            )
+            return 0
         result = run_finetune(model_args, data_args, finetune_args, training_args, share_args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -117,11 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint:
             print(f"Resume from {checkpoint} with:\n  {resume_command(argv, checkpoint)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    report = result.test_report
     if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun / accelerate launch, one summary line is enough
+        return 0  # under torchrun / accelerate launch, one summary is enough
+    if result.recipe is not None:
+        print(f"hf_finetune recipe ({result.recipe.case}): " + ", ".join(
+            f"{name}={choice.value}" for name, choice in result.recipe.choices.items()
+        ))
+    report = result.test_report
+    baseline = report.get("baseline")
+    versus = f" (linear-probe baseline: macro-F1 {baseline['macro_f1']:.4f})" if baseline else ""
     print(
-        f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+        f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}{versus} "
         f"on {report['num_samples']} held-out images -> {result.output_dir}"
     )
     if result.push is not None and not result.push.ok:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .arguments import DataArguments
+from .augment import min_crop_scale
 from .image_cache import DEFAULT_BUDGET_BYTES, DecodeCache, downscale, open_image, train_min_side
 
 logger = logging.getLogger(__name__)
@@ -353,10 +354,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-# Smallest area fraction of a random-resized crop; also decides how far training images may be downscaled.
-RRC_MIN_SCALE = 0.35
-
-
 class ToNormalizedTensor:
     """PIL image -> normalised float CHW tensor, in numpy on the calling thread.
 
@@ -374,20 +371,19 @@ class ToNormalizedTensor:
 
 
 def build_train_transform(preprocessing: Preprocessing, augmentation: str) -> Callable[[Image.Image], torch.Tensor]:
-    """Label-safe training augmentation at the checkpoint's resolution and normalisation (PIL in, tensor out)."""
+    """Label-safe training augmentation (a preset of `augment.py`) at the checkpoint's resolution and normalisation.
+
+    Image operations run on PIL images (several times faster than on tensors on CPU), then one conversion to a
+    normalised tensor, then the preset's tensor operations (random erasing).
+    """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2
 
+    from .augment import augmentation_ops
+
     interpolation = InterpolationMode(preprocessing.interpolation)
-    if augmentation == "none":
-        geometric = [v2.Resize(preprocessing.size, interpolation=interpolation, antialias=True)]
-    else:  # light
-        geometric = [
-            v2.RandomResizedCrop(preprocessing.size, scale=(RRC_MIN_SCALE, 1.0), interpolation=interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-    # Geometry on PIL images (several times faster than on tensors on CPU), then one conversion at the end.
-    return v2.Compose([*geometric, ToNormalizedTensor(preprocessing.mean, preprocessing.std)])
+    on_image, on_tensor = augmentation_ops(preprocessing.size, interpolation, augmentation)
+    return v2.Compose([*on_image, ToNormalizedTensor(preprocessing.mean, preprocessing.std), *on_tensor])
 
 
 def attach_transforms(
@@ -404,7 +400,7 @@ def attach_transforms(
 
     preprocessing = resolve_preprocessing(processor)
     train_transform = build_train_transform(preprocessing, augmentation)
-    min_side = train_min_side(preprocessing.size, RRC_MIN_SCALE)
+    min_side = train_min_side(preprocessing.size, min_crop_scale(augmentation))
     train_images = DecodeCache(lambda ref: downscale(to_rgb(open_image(ref, min_side)), min_side), cache_budget_bytes // 2)
     eval_pixels = DecodeCache(
         lambda ref: processor([to_rgb(open_image(ref))], return_tensors="pt")["pixel_values"][0], cache_budget_bytes // 2

@@ -17,6 +17,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 logger = logging.getLogger(__name__)
 
 TEST_REPORT_FILE = "test_report.json"
+# Wall-clock fields of a report: everything else is a function of the data, the code and --seed.
+TIMING_FIELDS = frozenset({"seconds", "feature_seconds"})
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 
 
@@ -95,3 +97,12 @@ def write_test_report(report: dict[str, Any], output_dir: str) -> str:
         json.dump(report, f, indent=2)
     save_confusion_matrix(report["confusion_matrix"], report["labels"], os.path.join(output_dir, CONFUSION_MATRIX_FILE))
     return path
+
+
+def without_timing(report: Any) -> Any:
+    """The report without its wall-clock fields (`TIMING_FIELDS`, at any depth): equal for equal seeds on CPU."""
+    if isinstance(report, dict):
+        return {key: without_timing(value) for key, value in report.items() if key not in TIMING_FIELDS}
+    if isinstance(report, list):
+        return [without_timing(value) for value in report]
+    return report

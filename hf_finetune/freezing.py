@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _FROZEN_FLAG = "_hf_finetune_frozen"
 _TRAIN_BN_FLAG = "_hf_finetune_train_bn"
+_BN_STATS_FIXED_FLAG = "_hf_finetune_bn_stats_fixed"
 _HOOKED_FLAG = "_hf_finetune_hooked"
 
 
@@ -49,10 +50,16 @@ def _eval_if_frozen(module: torch.nn.Module, _inputs: Any) -> None:
             for sub in module.modules():
                 if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
                     sub.train()
+    elif module.training and getattr(module, _BN_STATS_FIXED_FLAG, False):
+        # A trainable stage with fixed BatchNorm statistics: normalise with the running statistics (eval mode);
+        # the affine weights still train.
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+                sub.eval()
 
 
 def set_trainable_stages(
-    model: torch.nn.Module, stage_map: StageMap, trainable: set[str], *, train_bn: bool = False
+    model: torch.nn.Module, stage_map: StageMap, trainable: set[str], *, train_bn: bool = False, fix_bn_stats: bool = False
 ) -> None:
     """Makes exactly the stages in `trainable` (plus the head) trainable and freezes the rest.
 
@@ -64,6 +71,7 @@ def set_trainable_stages(
         stage_map (`StageMap`): its stages.
         trainable (`set[str]`): names of the backbone stages to train; the head always trains.
         train_bn (`bool`, defaults to `False`): let BatchNorm layers of frozen stages update their statistics.
+        fix_bn_stats (`bool`, defaults to `False`): keep the BatchNorm statistics of trainable stages fixed too.
     """
     trainable = trainable | {stage_map.head.name}
     params = dict(model.named_parameters())
@@ -81,6 +89,7 @@ def set_trainable_stages(
                 setattr(module, _HOOKED_FLAG, True)
             setattr(module, _FROZEN_FLAG, frozen)
             setattr(module, _TRAIN_BN_FLAG, train_bn)
+            setattr(module, _BN_STATS_FIXED_FLAG, fix_bn_stats)
 
 
 def trainable_stage_names(model: torch.nn.Module, stage_map: StageMap) -> list[str]:
@@ -102,6 +111,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         top_k (`int`): stages trained by the top_k strategy.
         unfreeze_warmup_epochs (`float`): LR ramp of a newly unfrozen stage, in epochs.
         train_bn (`bool`): BatchNorm of frozen stages keeps updating its statistics.
+        fix_bn_stats (`bool`): BatchNorm of trainable stages normalises with its running statistics (eval mode).
         metric (`str`): the validation metric watched for plateaus.
     """
 
@@ -117,6 +127,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         unfreeze_warmup_epochs: float = 0.5,
         train_bn: bool = False,
         metric: str = "eval_macro_f1",
+        fix_bn_stats: bool = False,
     ) -> None:
         self.strategy = strategy
         self.head_epochs = head_epochs
@@ -127,6 +138,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         self.top_k = top_k
         self.unfreeze_warmup_epochs = unfreeze_warmup_epochs
         self.train_bn = train_bn
+        self.fix_bn_stats = fix_bn_stats
         self.metric = metric
         # State that must survive a resume (saved through ExportableState).
         self.num_unfrozen: int | None = None  # backbone units trainable, counted from the top
@@ -151,6 +163,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
             unfreeze_warmup_epochs=finetune_args.unfreeze_warmup_epochs,
             train_bn=finetune_args.train_bn,
             metric=metric,
+            fix_bn_stats=bool(finetune_args.fix_bn_stats),
         )
 
     def state(self) -> dict:
@@ -165,6 +178,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
                 "top_k": self.top_k,
                 "unfreeze_warmup_epochs": self.unfreeze_warmup_epochs,
                 "train_bn": self.train_bn,
+                "fix_bn_stats": self.fix_bn_stats,
                 "metric": self.metric,
             },
             "attributes": {
@@ -200,7 +214,9 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         return {name for unit in self._units[: self.num_unfrozen or 0] for name in unit}
 
     def _apply(self, model: torch.nn.Module, optimizer: Any, step: int, ramp_steps: int) -> None:
-        set_trainable_stages(model, self._stage_map, self.trainable_stages(), train_bn=self.train_bn)
+        set_trainable_stages(
+            model, self._stage_map, self.trainable_stages(), train_bn=self.train_bn, fix_bn_stats=self.fix_bn_stats
+        )
         trainable = self.trainable_stages() | {self._stage_map.head.name}
         if optimizer is None:
             return

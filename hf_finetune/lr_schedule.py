@@ -4,7 +4,8 @@ One `LambdaLR` with one lambda per optimizer group. Each lambda multiplies the s
 (`get_scheduler(...)`'s curve, so every `--lr-scheduler-type` keeps working) by:
     0                         while the group's stage is frozen (`trainable_since` is None);
     a linear ramp 0 -> 1      over `ramp_steps` steps after the stage was unfrozen;
-    1                         afterwards.
+    1                         afterwards;
+and by the group's `lr_factor` (1 unless a plateau callback lowered it).
 The gate reads the optimizer's param groups on every step, so the freeze callback changes a
 stage's LR by editing its group, and a resumed optimizer state brings the gates back with it.
 """
@@ -32,7 +33,9 @@ def _gated(base: Callable[[int], float], optimizer: torch.optim.Optimizer, index
     # A closure (not a callable object) so LambdaLR.state_dict() does not try to save it; it looks the
     # group up by index on each call because Optimizer.load_state_dict() replaces the group dicts.
     def factor(step: int) -> float:
-        return base(step) * stage_gate(optimizer.param_groups[index], step)
+        group = optimizer.param_groups[index]
+        # lr_factor: a run-time multiplier shared by all groups (ReduceLROnPlateau, `lr_curves.PlateauLRCallback`).
+        return base(step) * stage_gate(group, step) * group.get("lr_factor", 1.0)
 
     return factor
 

@@ -21,14 +21,26 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, set_seed
 
-from .arguments import DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, ShareArguments
-from .backbone import StageMap, load_model_and_processor, split_stages
+from .arguments import (
+    DataArguments,
+    FinetuneArguments,
+    FinetuneTrainingArguments,
+    ModelArguments,
+    ShareArguments,
+    fill_fallbacks,
+)
+from .augment import BatchMixer
+from .backbone import StageMap, split_stages
 from .data import DataSplits, attach_transforms, collate, load_splits
 from .evaluation import TEST_REPORT_FILE, classification_report, compute_metrics, write_test_report
 from .freezing import StageUnfreezeCallback, unfreeze_units
 from .hub import PushResult, check_repo_id, default_repo_id, push_to_hub, redact_argv
 from .interrupt import InterruptCallback, NonFiniteLossError, TrainingInterrupted, last_checkpoint
-from .schedule_log import ScheduleRecorderCallback
+from .lr_curves import PlateauLRCallback, uses_plateau
+from .monitor import GapMonitorCallback, TrainPredictionLog
+from .recipe import load_model, prepare_recipe
+from .regularization import class_counts, inverse_frequency_weights
+from .schedule_log import SCHEDULE_FILE, ScheduleRecorderCallback
 from .trainer import FinetuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -44,6 +56,7 @@ class RunResult:
     test_report: dict[str, Any]
     stage_map: StageMap
     push: PushResult | None = None  # set when --push-to-hub was given
+    recipe: Any = None  # the advisor's RecipePlan, when it ran
 
 
 def library_versions() -> dict[str, str]:
@@ -117,7 +130,8 @@ def check_output_dir(
     if checkpoint is None:
         logger.warning("%s holds an unfinished run of this model and dataset without a checkpoint: starting it over.", output_dir)
         return None
-    changed = _changed_arguments(previous, arguments or {})
+    # Compare what was asked for (before the advisor filled in its choices), not the resolved values.
+    changed = _changed_arguments(previous.get("requested", previous), arguments or {})
     if changed:
         raise ValueError(
             f"`--output-dir` {output_dir!r} holds an unfinished run of this model and dataset (last checkpoint "
@@ -171,7 +185,19 @@ def write_run_config(
     """Writes every resolved argument, library versions and seeds (never the Hub token)."""
     payload = {
         **_argument_sections(model_args, data_args, finetune_args, training_args),
-        "seeds": {"seed": training_args.seed, "data_seed": training_args.data_seed, "split_seed": training_args.seed},
+        # One --seed drives everything: python/numpy/torch (set_seed before the head init and again before
+        # training: data order, augmentation, mixup, dropout), the stratified splits, the advisor's CV folds and
+        # image sample, the probe's solver and the k-fold split.
+        "seeds": {
+            "seed": training_args.seed,
+            "data_seed": training_args.data_seed,
+            "split_seed": training_args.seed,
+            "head_init_seed": training_args.seed,
+            "augmentation_seed": training_args.seed,
+            "advisor_cv_seed": training_args.seed,
+            "probe_seed": training_args.seed,
+            "kfold_seed": training_args.seed,
+        },
         "versions": library_versions(),
         "command": _command(),
         **extra,
@@ -187,13 +213,32 @@ def build_trainer(
     finetune_args: FinetuneArguments,
     training_args: FinetuneTrainingArguments,
 ) -> FinetuneTrainer:
-    """Assembles a `FinetuneTrainer` with the freeze, schedule-recording and early-stopping callbacks."""
+    """Assembles a `FinetuneTrainer` with the freeze, gap-monitor, schedule-recording and early-stopping callbacks
+    (plus ReduceLROnPlateau for `--lr-schedule plateau`), the mixup/CutMix mixer and class weights.
+
+    Fields no advisor decided (None) get `arguments.FALLBACKS`.
+    """
+    fill_fallbacks(finetune_args, training_args)
+    metric = f"eval_{training_args.metric_for_best_model}"
+    num_labels = len(splits.labels)
+    mixer = BatchMixer(num_labels, finetune_args.mixup_alpha, finetune_args.cutmix_alpha, enabled=finetune_args.mixup == "on")
+    train_log = TrainPredictionLog()
+    monitor = GapMonitorCallback(
+        train_log, mixer, mode=finetune_args.mixup, threshold=finetune_args.gap_threshold, patience=finetune_args.gap_patience
+    )
     callbacks = [
-        StageUnfreezeCallback.from_args(finetune_args, metric=f"eval_{training_args.metric_for_best_model}"),
-        ScheduleRecorderCallback(training_args.output_dir),
+        StageUnfreezeCallback.from_args(finetune_args, metric=metric),
+        monitor,
+        ScheduleRecorderCallback(training_args.output_dir, field_sources=[monitor.epoch_fields]),
     ]
+    if uses_plateau(finetune_args.lr_schedule, training_args.lr_scheduler_type):
+        callbacks.append(PlateauLRCallback(metric=metric, patience=finetune_args.plateau_patience))
     if finetune_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))
+    class_weights = None
+    if finetune_args.class_balance == "weighted_loss":
+        class_weights = inverse_frequency_weights(class_counts(splits.train.with_format(None)["label"], num_labels))
+        logger.info("Class-weighted loss: %s", dict(zip(splits.labels, [round(w, 3) for w in class_weights.tolist()])))
     return FinetuneTrainer(
         model=model,
         args=training_args,
@@ -204,7 +249,21 @@ def build_trainer(
         processing_class=processor,
         callbacks=callbacks,
         finetune_args=finetune_args,
+        class_weights=class_weights,
+        mixer=mixer,
+        train_log=train_log,
     )
+
+
+def write_probe_schedule(output_dir: str, probe: Any) -> None:
+    """`schedule.json` of a linear probe fitted on cached features: no epochs, the probe's fit instead."""
+    payload = {
+        "epochs": [],
+        "lr_history": {"step": [], "groups": {}},
+        "linear_probe": {"C": probe.C, "validation_macro_f1": probe.validation_macro_f1, "candidates": {str(c): f for c, f in probe.candidates.items()}},
+    }
+    with open(os.path.join(output_dir, SCHEDULE_FILE), "w") as f:
+        json.dump(payload, f, indent=2)
 
 
 def evaluate_test_split(trainer: FinetuneTrainer, splits: DataSplits) -> dict[str, Any]:
@@ -226,60 +285,60 @@ def _trainer_arguments(training_args: FinetuneTrainingArguments) -> FinetuneTrai
     return trainer_args
 
 
-def run_finetune(
+@dataclass
+class PreparedRun:
+    """A run assembled up to (not including) training: what `prepare_run` returns."""
+
+    trainer: FinetuneTrainer
+    processor: Any
+    splits: DataSplits
+    recipe: Any  # recipe.PreparedRecipe
+    stage_map: StageMap
+    extra: dict[str, Any]
+    resume: str | None
+    previous: dict[str, Any]  # run_config.json of the run being continued, if any
+
+
+def prepare_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     finetune_args: FinetuneArguments,
     training_args: FinetuneTrainingArguments,
+    splits: DataSplits | None = None,
+    check_output: bool = True,
     share_args: ShareArguments | None = None,
-) -> RunResult:
-    """Runs one fine-tuning job and writes everything into `training_args.output_dir`.
+) -> PreparedRun:
+    """Splits, model, cached feature pass + advisor plan + baseline + head init, transforms, LoRA, trainer.
 
-    Args:
-        model_args (`ModelArguments`): which backbone.
-        data_args (`DataArguments`): which data.
-        finetune_args (`FinetuneArguments`): the recipe.
-        training_args (`FinetuneTrainingArguments`): the Trainer's arguments (`--push-to-hub`, `--hub-model-id`,
-            `--hub-private-repo`, `--hub-token` drive the final upload).
-        share_args (`ShareArguments`, *optional*): model card, example images, demo Space (defaults if omitted).
-
-    Returns:
-        `RunResult` with the output directory, the test report and, with `--push-to-hub`, the upload's result.
+    Undecided recipe fields (None, `--strategy auto`) are decided here and written back into the argument objects.
     """
     share_args = share_args or ShareArguments()
-    if share_args.push_demo and not training_args.push_to_hub:
-        raise ValueError("`--push-demo` creates a Space for the pushed model: add `--push-to-hub` or drop `--push-demo`.")
-    repo_id = training_args.hub_model_id or default_repo_id(training_args.output_dir)
-    if training_args.push_to_hub:  # refuse a bad repository id before training, not after
-        check_repo_id(repo_id, "--hub-model-id")
-        if share_args.space_id:
-            check_repo_id(share_args.space_id, "--space-id")
     output_dir = training_args.output_dir
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", True):
         resume = last_checkpoint(output_dir)
         if resume is None:
             raise ValueError(f"--resume-from-checkpoint was given but {output_dir!r} holds no checkpoint-* folder to resume from.")
-    arguments = _argument_sections(model_args, data_args, finetune_args, training_args)
-    resume = check_output_dir(
-        output_dir, model_args, data_args, finetune_args.overwrite_output_dir, bool(resume), arguments
-    ) or resume
-    run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
     previous: dict[str, Any] = {}
-    if resume and os.path.isfile(run_config_path):
-        with open(run_config_path) as f:
-            previous = json.load(f)
+    # The flags as given, before the advisor decides the undecided ones: what a same-command resume compares.
+    arguments = _argument_sections(model_args, data_args, finetune_args, training_args)
+    if check_output:
+        resume = check_output_dir(
+            output_dir, model_args, data_args, finetune_args.overwrite_output_dir, bool(resume), arguments
+        ) or resume
+        run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
+        if resume and os.path.isfile(run_config_path):
+            with open(run_config_path) as f:
+                previous = json.load(f)
     os.makedirs(output_dir, exist_ok=True)
 
     set_seed(training_args.seed)
-    splits = load_splits(data_args, seed=training_args.seed)
-    model, processor = load_model_and_processor(
-        model_args.model,
-        splits.id2label,
-        revision=model_args.revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    if splits is None:
+        splits = load_splits(data_args, seed=training_args.seed)
+    model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed)
+    # Cached feature pass, advisor plan (fills every undecided argument), linear-probe baseline, head init.
+    prepared = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args)
+    model = prepared.model
     preprocessing = attach_transforms(splits, processor, data_args.augmentation)
     if finetune_args.peft == "lora":
         from .lora import apply_lora
@@ -287,16 +346,15 @@ def run_finetune(
         model = apply_lora(model, finetune_args)
     stage_map = split_stages(model)
     units = unfreeze_units(stage_map)
-    if finetune_args.strategy == "top_k" and finetune_args.top_k > len(units):
+    if finetune_args.strategy == "top_k" and finetune_args.top_k is not None and finetune_args.top_k > len(units):
         raise ValueError(
             f"`--top-k` {finetune_args.top_k} is more than the {len(units)} backbone stages {model_args.model!r} has "
             f"({', '.join('+'.join(unit) for unit in units)}, top first): use `--top-k` {len(units)} or less, or "
             "`--strategy full` to train every stage."
         )
 
+    set_seed(training_args.seed)  # training randomness (data order, augmentation, dropout) starts from the seed
     trainer = build_trainer(model, processor, splits, finetune_args, _trainer_arguments(training_args))
-    interrupt = InterruptCallback()
-    trainer.add_callback(interrupt)
     extra = {
         "status": "running",
         "labels": splits.labels,
@@ -307,6 +365,8 @@ def run_finetune(
         "stage_family": stage_map.family,
         "resumed_from": resume,
         "share": dataclasses.asdict(share_args),
+        "requested": json.loads(json.dumps(arguments, default=str)),
+        **prepared.record,
     }
     if finetune_args.peft == "lora":
         from .lora import lora_summary
@@ -316,23 +376,84 @@ def run_finetune(
         # Continuing a run: keep how it was started, add how it was continued.
         extra["command"] = previous.get("command")
         extra["resumes"] = [*previous.get("resumes", []), {"from": resume, "command": _command()}]
+    return PreparedRun(trainer, processor, splits, prepared, stage_map, extra, resume, previous)
+
+
+def run_finetune(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+    share_args: ShareArguments | None = None,
+    splits: DataSplits | None = None,
+) -> RunResult:
+    """Runs one fine-tuning job and writes everything into `training_args.output_dir`.
+
+    Undecided recipe fields (None, `--strategy auto`) are decided by the recipe advisor before training and
+    written back into the argument objects.
+
+    Args:
+        model_args (`ModelArguments`): which backbone.
+        data_args (`DataArguments`): which data.
+        finetune_args (`FinetuneArguments`): the recipe.
+        training_args (`FinetuneTrainingArguments`): the Trainer's arguments (`--push-to-hub`, `--hub-model-id`,
+            `--hub-private-repo`, `--hub-token` drive the final upload).
+        share_args (`ShareArguments`, *optional*): model card, example images, demo Space (defaults if omitted).
+        splits (`DataSplits`, *optional*): ready-made splits (k-fold); loaded from `data_args` if omitted.
+
+    Returns:
+        `RunResult` with the output directory, the test report, the advisor's plan and, with `--push-to-hub`, the
+        upload's result.
+    """
+    share_args = share_args or ShareArguments()
+    if share_args.push_demo and not training_args.push_to_hub:
+        raise ValueError("`--push-demo` creates a Space for the pushed model: add `--push-to-hub` or drop `--push-demo`.")
+    repo_id = training_args.hub_model_id or default_repo_id(training_args.output_dir)
+    if training_args.push_to_hub:  # refuse a bad repository id before training, not after
+        check_repo_id(repo_id, "--hub-model-id")
+        if share_args.space_id:
+            check_repo_id(share_args.space_id, "--space-id")
+
+    run = prepare_run(model_args, data_args, finetune_args, training_args, splits, share_args=share_args)
+    trainer, prepared, splits, extra, output_dir = run.trainer, run.recipe, run.splits, run.extra, training_args.output_dir
+    probe_only = finetune_args.strategy == "linear_probe" and prepared.probe is not None
+    if finetune_args.lr_find and not probe_only and not run.resume:
+        from .lr_find import lr_range_test, save_lr_find
+
+        found = lr_range_test(trainer)
+        save_lr_find(found, output_dir)
+        extra["lr_find"] = {"suggestion": found.suggestion, "replaced_learning_rate": training_args.learning_rate}
+        training_args.learning_rate = found.suggestion
+        set_seed(training_args.seed)
+    run_config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
     if trainer.is_world_process_zero():
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
 
-    try:
-        with interrupt.handle_sigint():
-            trainer.train(resume_from_checkpoint=resume)
-    except NonFiniteLossError as err:
-        if trainer.is_world_process_zero():
-            _update_run_config(run_config_path, status="failed", failure=str(err), last_checkpoint=last_checkpoint(output_dir))
-        raise
-    if interrupt.interrupted:
-        checkpoint = last_checkpoint(output_dir)
-        if trainer.is_world_process_zero():
-            _update_run_config(run_config_path, status="interrupted", last_checkpoint=checkpoint)
-        raise TrainingInterrupted(checkpoint, trainer.state.global_step, trainer.state.epoch or 0.0)
+    interrupt = InterruptCallback()
+    trainer.add_callback(interrupt)
+    if probe_only:
+        # The head was fitted on cached features (prepare_recipe wrote it into the model): no training loop.
+        write_probe_schedule(output_dir, prepared.probe)
+    else:
+        try:
+            with interrupt.handle_sigint():
+                trainer.train(resume_from_checkpoint=run.resume)
+        except NonFiniteLossError as err:
+            if trainer.is_world_process_zero():
+                _update_run_config(run_config_path, status="failed", failure=str(err), last_checkpoint=last_checkpoint(output_dir))
+            raise
+        if interrupt.interrupted:
+            checkpoint = last_checkpoint(output_dir)
+            if trainer.is_world_process_zero():
+                _update_run_config(run_config_path, status="interrupted", last_checkpoint=checkpoint)
+            raise TrainingInterrupted(checkpoint, trainer.state.global_step, trainer.state.epoch or 0.0)
     report = evaluate_test_split(trainer, splits)
     report["num_skipped_files"] = len(splits.skipped_files)  # left out before training; listed in run_config.json
+    if prepared.baseline is not None:
+        report["baseline"] = prepared.baseline
+        logger.info(
+            "Test macro-F1: fine-tune %.4f vs linear-probe baseline %.4f", report["macro_f1"], prepared.baseline["macro_f1"]
+        )
 
     push = None
     if trainer.is_world_process_zero():
@@ -342,7 +463,7 @@ def run_finetune(
             save_lora_model(trainer.model, output_dir)  # adapter -> OUTPUT_DIR/adapter, merged model -> OUTPUT_DIR
         else:
             trainer.save_model(output_dir)
-        processor.save_pretrained(output_dir)
+        run.processor.save_pretrained(output_dir)
         write_test_report(report, output_dir)
         from .demo import save_example_images
 
@@ -353,6 +474,8 @@ def run_finetune(
         extra["best_checkpoint"] = trainer.state.best_model_checkpoint
         extra["best_validation_macro_f1"] = trainer.state.best_metric
         extra["epochs_run"] = len(recorder.records)
+        monitor = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GapMonitorCallback))
+        extra["gap_monitor"] = {"mode": monitor.mode, "mixup_switched_on_for_epoch": monitor.switched_at, "epochs": monitor.history}
         extra["status"] = "finished"
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
         from .model_card import write_model_card
@@ -367,4 +490,4 @@ def run_finetune(
                 push_demo=share_args.push_demo,
                 space_id=share_args.space_id,
             )
-    return RunResult(output_dir=output_dir, test_report=report, stage_map=stage_map, push=push)
+    return RunResult(output_dir=output_dir, test_report=report, stage_map=run.stage_map, push=push, recipe=prepared.plan)

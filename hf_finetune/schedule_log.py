@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -32,10 +32,14 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
 
     Args:
         output_dir (`str`): where `schedule.json` goes.
+        field_sources (`list[Callable[[int], dict]]`, *optional*): extra per-epoch fields, each called with the
+            epoch index at that epoch's evaluation (e.g. the gap monitor's train metrics); their dicts are merged
+            into the epoch's record.
     """
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, field_sources: list[Callable[[int], dict]] | None = None) -> None:
         self.output_dir = output_dir
+        self.field_sources = list(field_sources or [])
         self.records: list[dict] = []
         self.lr_history: dict[str, list] = {"step": [], "groups": {}}
         self._current: dict[str, Any] | None = None
@@ -85,6 +89,8 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
         self._current["validation"] = {
             key.removeprefix("eval_"): value for key, value in (metrics or {}).items() if isinstance(value, (int, float))
         }
+        for source in self.field_sources:
+            self._current.update(source(self._current["epoch"]))
         self.records = [r for r in self.records if r["epoch"] != self._current["epoch"]] + [self._current]
         self.write(state)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Plain logs (no progress bars) and a fixed-length schedule (no early stop).
-QUIET = ["--disable-tqdm", "true", "--early-stopping-patience", "0"]
+# The fixed head_then_unfreeze recipe: these runs must train for several epochs and write checkpoints.
+QUIET = ["--strategy", "head_then_unfreeze", "--baseline", "false", "--disable-tqdm", "true", "--early-stopping-patience", "0"]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -43,6 +43,12 @@ def write_image_folder(
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory):
+    """Frozen-feature cache in a temp dir, never the user's ~/.cache."""
+    os.environ["HF_FINETUNE_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature_cache"))
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Three classes x 12 images, no split folders (the tool must make stratified splits)."""
@@ -63,7 +69,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 # Flags of a quick CLI run on a tiny model (3 epochs: head, then two unfreeze steps).
-FAST_RUN_FLAGS = ["--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
+FAST_RUN_FLAGS = ["--strategy", "head_then_unfreeze", "--baseline", "false", "--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
 
 
 @pytest.fixture(scope="session")

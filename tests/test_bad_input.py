@@ -18,7 +18,7 @@ from hf_finetune.cli import main
 from hf_finetune.data import attach_transforms
 from hf_finetune.image_check import image_problem
 
-FAST = ["--num-train-epochs", "1", "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]
+FAST = ["--strategy", "head_then_unfreeze", "--num-train-epochs", "1", "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]
 
 
 def _cli(tmp_path: Path, model: str, dataset: str, *flags: str) -> int:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from hf_finetune.cli import main
 
-FAST = ["--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
+FAST = ["--strategy", "head_then_unfreeze", "--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_finetune.data import RRC_MIN_SCALE, ToNormalizedTensor
+from hf_finetune.augment import min_crop_scale
+from hf_finetune.data import ToNormalizedTensor
 from hf_finetune.image_cache import DecodeCache, downscale, open_image, train_min_side
 
 
@@ -36,7 +37,7 @@ def test_cache_decodes_each_image_once_and_respects_the_budget():
 
 def test_jpeg_draft_decode_keeps_at_least_the_requested_short_side():
     ref = _jpeg_ref(2000, 1500)
-    min_side = train_min_side((224, 224), RRC_MIN_SCALE)
+    min_side = train_min_side((224, 224), min_crop_scale("light"))
     assert min_side == 379  # the smallest crop (35% of the area) still spans >= 224 pixels
     image = downscale(open_image(ref, min_side).convert("RGB"), min_side)
     assert min(image.size) == min_side

@@ -59,7 +59,9 @@ def test_card_is_written_after_a_run_and_matches_its_records(finished_run_dir):
     check_card_matches_records(finished_run_dir)
     text = _card(finished_run_dir)
     assert "It sorts an image into one of 3 classes: `cat`, `dog`, `fish`." in text
-    assert "## Limitations" in text and "Linear-probe baseline" not in text and "Recipe chosen by the advisor" not in text
+    assert "## Limitations" in text and "### Linear-probe baseline" not in text  # --baseline false
+    config = json.loads((finished_run_dir / "run_config.json").read_text())
+    assert ("### Recipe chosen by the advisor" in text) == bool(config.get("recipe"))
     # A local base checkpoint is no Hub id: the metadata leaves base_model out rather than naming a path.
     assert ModelCard.load(finished_run_dir / "README.md").data.base_model is None
 

@@ -1,0 +1,448 @@
+"""The recipe advisor: measure the data, then pick the fine-tuning recipe, with one reason per choice.
+
+Measurements (`measure_dataset`), all on the train split (validation and test are never used for a decision):
+    size           images, classes, images per class (median, min), imbalance ratio (largest / smallest class)
+    similarity     how well the frozen, pretrained features already separate the classes: balanced accuracy of a
+                   cosine k-NN classifier under stratified k-fold cross-validation on the cached train features,
+                   as lift over chance, `(bacc - 1/K) / (1 - 1/K)` (0 = chance, 1 = perfect); plus the share of
+                   grayscale images (X-ray, microscopy, sonar: modalities natural-image pretraining rarely sees)
+    cost           forward throughput measured during the feature pass, to estimate an epoch's duration
+
+Decision (`plan_recipe`, a pure function of the measurements, the four cases of the transfer-learning heuristics in
+`seeds/002`):
+    small + similar     -> linear_probe on cached features (the pretrained features already fit; training more
+                           layers on little data mostly overfits)
+    large + similar     -> top_k: freeze the early layers, train the top third of the stages
+    small + different   -> head_then_unfreeze down to the early layers, strong augmentation and regularisation
+    large + different   -> full fine-tune (with mild layer-wise decay)
+"small" = fewer than `LARGE_IMAGES_PER_CLASS` images per class (median); "similar" = k-NN lift at least
+`SIMILAR_LIFT` and mostly colour images. Layer decay, head initialisation, unfreeze schedule, augmentation,
+mixup, dropout, drop-path, label smoothing, class balancing and the number of epochs (fitted to `--time-budget`)
+follow. A flag the user gave explicitly is never changed: it is recorded as such (`source: "flag"`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .arguments import AUTO, FALLBACKS
+from .regularization import IMBALANCE_RATIO_THRESHOLD, NOISY_LABEL_SMOOTHING, class_counts, imbalance_ratio
+
+logger = logging.getLogger(__name__)
+
+# Median images per class from which a dataset counts as "large" for fine-tuning a pretrained backbone.
+LARGE_IMAGES_PER_CLASS = 500
+# k-NN balanced-accuracy lift over chance from which frozen features count as "similar" to the pretraining domain.
+SIMILAR_LIFT = 0.85
+# Share of grayscale images from which the data counts as a different modality.
+GRAYSCALE_SHARE = 0.5
+KNN_NEIGHBOURS = 5
+CV_FOLDS = 5
+# Images sampled for the colour / resolution statistics.
+IMAGE_SAMPLE = 200
+# Cost model of one training epoch, in feature-pass images: 1 forward + BACKWARD_COST per backward through the
+# trainable share of the backbone. Calibrated on CPU (efficientnet_lite0, pneumoniamnist): a full fine-tuning
+# epoch ran at ~0.7x the feature pass's images/s (which includes decoding and the processor's resize).
+BACKWARD_COST = 1.0
+# Fewer fine-tuning epochs than this fit the budget -> the linear probe (a one-epoch fine-tune of a
+# probe-initialised model lowered validation macro-F1 below the probe's on pneumoniamnist).
+MIN_FINETUNE_EPOCHS = 2
+# Share of the time budget planned for epochs (the rest absorbs checkpointing and estimation error).
+BUDGET_SAFETY = 0.85
+MAX_EPOCHS = {"small": 20, "large": 12}
+# The argument fields the advisor decides (left at None / "auto" by the user), in FinetuneArguments, DataArguments
+# or the training arguments.
+ADVISOR_FIELDS = (
+    "strategy", "layer_decay", "head_init", "head_epochs", "top_k", "num_train_epochs", "stages_per_unfreeze",
+    "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
+)
+
+
+@dataclass
+class DatasetMeasurements:
+    """What the advisor measured (recorded in `run_config.json` -> recipe -> measurements).
+
+    Attributes:
+        num_train, num_validation (`int`): split sizes.
+        num_classes (`int`): classes.
+        class_counts (`list[int]`): train images per class id.
+        knn_balanced_accuracy (`float`, *optional*): cross-validated cosine k-NN balanced accuracy on frozen train
+            features; None when a class has too few images for cross-validation.
+        grayscale_fraction (`float`): share of sampled train images that are grayscale.
+        median_image_side (`int`): median of the sampled images' shorter side, in pixels.
+        model_input_side (`int`): the checkpoint's input size (shorter side).
+        forward_images_per_second (`float`, *optional*): measured forward throughput, preprocessing included.
+        backbone_units (`int`): unfreeze units of the backbone (top first).
+        feature_dim (`int`): size of the frozen features.
+    """
+
+    num_train: int
+    num_validation: int
+    num_classes: int
+    class_counts: list[int]
+    knn_balanced_accuracy: float | None
+    grayscale_fraction: float
+    median_image_side: int
+    model_input_side: int
+    forward_images_per_second: float | None
+    backbone_units: int
+    feature_dim: int = 0
+
+    @property
+    def images_per_class(self) -> float:
+        return float(np.median(self.class_counts))
+
+    @property
+    def imbalance_ratio(self) -> float:
+        return imbalance_ratio(self.class_counts)
+
+    @property
+    def knn_lift(self) -> float | None:
+        if self.knn_balanced_accuracy is None:
+            return None
+        chance = 1.0 / self.num_classes
+        return (self.knn_balanced_accuracy - chance) / (1.0 - chance)
+
+    @property
+    def size(self) -> str:
+        return "large" if self.images_per_class >= LARGE_IMAGES_PER_CLASS else "small"
+
+    @property
+    def domain(self) -> str:
+        lift = self.knn_lift
+        if self.grayscale_fraction >= GRAYSCALE_SHARE:
+            return "different"
+        if lift is None:
+            return "similar"  # no evidence of a shift: colour images and too few per class to measure
+        return "similar" if lift >= SIMILAR_LIFT else "different"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            images_per_class_median=self.images_per_class,
+            images_per_class_min=min(self.class_counts),
+            imbalance_ratio=round(self.imbalance_ratio, 3),
+            knn_lift_over_chance=None if self.knn_lift is None else round(self.knn_lift, 4),
+            size=self.size,
+            domain=self.domain,
+        )
+        return out
+
+
+@dataclass
+class Choice:
+    """One decision: the value, why, and whether the advisor or the user's flag set it."""
+
+    value: Any
+    reason: str
+    source: str = "advisor"
+
+
+@dataclass
+class RecipePlan:
+    """The advisor's plan: measurements, the case, and one `Choice` per recipe field."""
+
+    measurements: DatasetMeasurements
+    case: str
+    choices: dict[str, Choice] = field(default_factory=dict)
+    estimated_epoch_seconds: float | None = None
+
+    def value(self, name: str) -> Any:
+        return self.choices[name].value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case": self.case,
+            "measurements": self.measurements.to_dict(),
+            "estimated_epoch_seconds": None if self.estimated_epoch_seconds is None else round(self.estimated_epoch_seconds, 1),
+            "choices": {name: asdict(choice) for name, choice in self.choices.items()},
+        }
+
+    def format(self) -> str:
+        """The plan as console lines: one choice per line with its reason."""
+        m = self.measurements
+        lift = "n/a" if m.knn_lift is None else f"{m.knn_lift:.2f}"
+        lines = [
+            f"Recipe advisor: {self.case} ({m.num_train} train images, {m.num_classes} classes, "
+            f"{m.images_per_class:.0f} per class, k-NN lift {lift}, {m.grayscale_fraction:.0%} grayscale)",
+        ]
+        width = max(len(name) for name in self.choices) if self.choices else 0
+        for name, choice in self.choices.items():
+            tag = " [your flag]" if choice.source == "flag" else ""
+            lines.append(f"  {name:<{width}} = {choice.value!s:<18}{tag} {choice.reason}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def knn_cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float | None:
+    """Balanced accuracy of a cosine k-NN classifier under stratified k-fold CV; None if a class has < 2 images."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    smallest = min(np.bincount(labels)[np.unique(labels)])
+    folds = min(CV_FOLDS, int(smallest))
+    if folds < 2 or len(np.unique(labels)) < 2:
+        return None
+    neighbours = max(1, min(KNN_NEIGHBOURS, len(labels) - len(labels) // folds - 1))
+    classifier = KNeighborsClassifier(n_neighbors=neighbours, metric="cosine")
+    predictions = cross_val_predict(classifier, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return float(balanced_accuracy_score(labels, predictions))
+
+
+def image_statistics(split: Any, sample: int = IMAGE_SAMPLE, seed: int = 0) -> tuple[float, int]:
+    """(share of grayscale images, median shorter side) over a seeded sample of a split's images."""
+    rng = np.random.default_rng(seed)
+    rows = sorted(rng.choice(len(split), size=min(sample, len(split)), replace=False).tolist())
+    gray, sides = 0, []
+    for image in split.with_format(None).select(rows)["image"]:
+        sides.append(min(image.size))
+        if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+            gray += 1
+            continue
+        small = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.int16)
+        if np.abs(small - small.mean(axis=2, keepdims=True)).max() <= 3:  # RGB-encoded grayscale
+            gray += 1
+    return gray / max(1, len(rows)), int(np.median(sides)) if sides else 0
+
+
+def measure_dataset(splits: Any, features: Any, stage_units: int, model_input_side: int, seed: int = 0) -> DatasetMeasurements:
+    """Measures the train split (sizes, balance, colour, resolution) and its cached frozen features (k-NN CV).
+
+    Args:
+        splits (`DataSplits`): the run's splits.
+        features (`SplitFeatures`): the cached features of the splits.
+        stage_units (`int`): number of backbone unfreeze units.
+        model_input_side (`int`): the checkpoint's input size.
+        seed (`int`, defaults to 0): seed of the CV folds and the image sample.
+    """
+    labels = features.train.labels
+    grayscale, side = image_statistics(splits.train, seed=seed)
+    return DatasetMeasurements(
+        num_train=len(labels),
+        num_validation=len(features.validation),
+        num_classes=len(splits.labels),
+        class_counts=class_counts(labels, len(splits.labels)),
+        knn_balanced_accuracy=knn_cross_validated_accuracy(features.train.features, labels, seed=seed),
+        grayscale_fraction=grayscale,
+        median_image_side=side,
+        model_input_side=model_input_side,
+        forward_images_per_second=features.images_per_second,
+        backbone_units=stage_units,
+        feature_dim=int(features.train.features.shape[1]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decision
+# --------------------------------------------------------------------------------------------------------------------
+
+# Per case: strategy, layer decay, augmentation, mixup, head dropout, drop-path.
+_CASES: dict[tuple[str, str], dict[str, Any]] = {
+    ("small", "similar"): dict(strategy="linear_probe", layer_decay=0.7, augmentation="none", mixup="off", head_dropout=0.0, drop_path_rate=0.0),
+    ("large", "similar"): dict(strategy="top_k", layer_decay=0.7, augmentation="light", mixup="auto", head_dropout=0.1, drop_path_rate=0.05),
+    ("small", "different"): dict(strategy="head_then_unfreeze", layer_decay=0.8, augmentation="strong", mixup="on", head_dropout=0.2, drop_path_rate=0.1),
+    ("large", "different"): dict(strategy="full", layer_decay=0.8, augmentation="medium", mixup="auto", head_dropout=0.1, drop_path_rate=0.05),
+}
+
+# When the user makes small + similar data train anyway (e.g. `--strategy full`): moderate regularisation.
+_TRAINED_SMALL_SIMILAR = dict(layer_decay=0.7, augmentation="medium", mixup="auto", head_dropout=0.1, drop_path_rate=0.05)
+
+_AUGMENTATION_REASONS = {
+    "none": "no training on augmented images (cached features)",
+    "light": "large, familiar data: crops and flips suffice",
+    "medium": "add colour jitter and TrivialAugment: unfamiliar data, or little of it",
+    "strong": "few images far from the pretraining data: heavy augmentation is the main regulariser",
+}
+_MIXUP_REASONS = {
+    "off": "no training epochs",
+    "auto": "switched on by the gap monitor if train macro-F1 runs ahead of validation",
+    "on": "few images far from the pretraining data: mixup/CutMix from the start",
+}
+
+_STRATEGY_REASONS = {
+    "linear_probe": "small data close to the pretraining domain: the frozen features already separate the classes; "
+    "training more layers on few images mostly overfits (head fitted on cached features, one forward pass)",
+    "top_k": "large data close to the pretraining domain: keep the generic early layers frozen, adapt the top stages",
+    "head_then_unfreeze": "small data far from the pretraining domain: the early layers must adapt too, but gradually "
+    "(top first) so few images do not wreck the pretrained weights",
+    "full": "large data far from the pretraining domain: enough images to adapt every layer",
+}
+
+
+def _trainable_share(strategy: str, top_k: int, units: int) -> float:
+    """Average share of the backbone that trains (and costs a backward pass) under `strategy`."""
+    return {"linear_probe": 0.0, "top_k": min(1.0, top_k / units), "head_then_unfreeze": 0.75, "full": 1.0}[strategy]
+
+
+def _epoch_cost(m: DatasetMeasurements, trainable_share: float) -> float | None:
+    """Estimated seconds of one epoch (training + validation) when `trainable_share` of the backbone trains."""
+    if not m.forward_images_per_second:
+        return None
+    per_image = 1.0 / m.forward_images_per_second
+    train = m.num_train * per_image * (1.0 + BACKWARD_COST * trainable_share)
+    return train + m.num_validation * per_image
+
+
+def plan_recipe(
+    m: DatasetMeasurements,
+    *,
+    time_budget_minutes: float | None = None,
+    noisy_labels: bool = False,
+    fixed: dict[str, Any] | None = None,
+) -> RecipePlan:
+    """Picks the recipe for measured data. Pure: the same measurements give the same plan.
+
+    Args:
+        m (`DatasetMeasurements`): what `measure_dataset` found.
+        time_budget_minutes (`float`, *optional*): training time to plan the epochs for.
+        noisy_labels (`bool`, defaults to `False`): the user says the labels are noisy.
+        fixed (`dict[str, Any]`, *optional*): fields the user set explicitly (name -> value); they are kept and the
+            other choices are made around them (e.g. epochs are costed for a user-chosen strategy).
+
+    Returns:
+        `RecipePlan` with a `Choice` for: strategy, layer_decay, head_init, head_epochs, stages_per_unfreeze, top_k,
+        augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance, num_train_epochs.
+    """
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None and not (k == "strategy" and v == AUTO)}
+    case = (m.size, m.domain)
+    defaults = _CASES[case]
+    plan = RecipePlan(measurements=m, case=f"{m.size} + {m.domain}")
+    lift = "n/a (too few images per class for cross-validation)" if m.knn_lift is None else f"{m.knn_lift:.2f}"
+    domain_why = (
+        f"k-NN on frozen features: lift over chance {lift} (similar from {SIMILAR_LIFT}), "
+        f"{m.grayscale_fraction:.0%} grayscale images"
+    )
+    size_why = f"{m.images_per_class:.0f} images per class (large from {LARGE_IMAGES_PER_CLASS})"
+
+    def choose(name: str, value: Any, reason: str) -> Any:
+        if name in fixed:
+            plan.choices[name] = Choice(fixed[name], f"given by --{name.replace('_', '-')}", "flag")
+        else:
+            plan.choices[name] = Choice(value, reason)
+        return plan.choices[name].value
+
+    units = max(1, m.backbone_units)
+    default_top_k = max(1, math.ceil(units / 3))
+    proposed = defaults["strategy"]
+    strategy_why = f"{_STRATEGY_REASONS[proposed]} [{size_why}; {domain_why}]"
+    if "strategy" not in fixed and proposed != "linear_probe" and time_budget_minutes:
+        cost = _epoch_cost(m, _trainable_share(proposed, fixed.get("top_k", default_top_k), units))
+        fits = time_budget_minutes * 60 * BUDGET_SAFETY / cost if cost else math.inf
+        if fits < MIN_FINETUNE_EPOCHS:
+            strategy_why = (
+                f"the {m.size} + {m.domain} case calls for {proposed}, but only {fits:.1f} epochs of it (~{cost:.0f}s "
+                f"each) fit the {time_budget_minutes:g} min budget; a fine-tune shorter than {MIN_FINETUNE_EPOCHS} epochs "
+                "ends before it recovers from its first updates: fit the head on cached features instead "
+                f"(raise --time-budget to fine-tune) [{size_why}; {domain_why}]"
+            )
+            proposed = "linear_probe"
+    strategy = choose("strategy", proposed, strategy_why)
+    trains_backbone = strategy != "linear_probe"
+    if trains_backbone and defaults["strategy"] == "linear_probe":
+        defaults = {**defaults, **_TRAINED_SMALL_SIMILAR}
+    different = m.domain == "different"
+
+    choose(
+        "layer_decay",
+        defaults["layer_decay"] if trains_backbone else FALLBACKS["layer_decay"],
+        ("milder decay: lower layers must move further for a different domain" if different
+         else "strong decay: the early layers already fit, the top adapts most")
+        if trains_backbone else "unused: the backbone stays frozen",
+    )
+    head_init = choose(
+        "head_init",
+        "probe",
+        "the linear probe on cached features (fitted anyway for the baseline) is the head: no training epochs"
+        if not trains_backbone else
+        "start from the linear probe fitted on cached features (LP-FT): a random head would send large gradients "
+        "into the pretrained layers in the first steps; it also replaces the head-only epoch(s)",
+    )
+    choose(
+        "fix_bn_stats",
+        head_init == "probe" and trains_backbone,
+        "the probe head was fitted on features normalised with the pretrained BatchNorm statistics; statistics of "
+        "small training batches from the new data would shift every feature it reads (and are noisy): keep them, "
+        "train the BatchNorm affine weights" if head_init == "probe" and trains_backbone
+        else "BatchNorm statistics follow the training batches" if trains_backbone else "no training epochs",
+    )
+    choose(
+        "head_epochs",
+        0 if head_init == "probe" else 1,
+        "the probe-initialised head needs no head-only epoch" if head_init == "probe"
+        else "one head-only epoch before unfreezing starts",
+    )
+
+    # Epochs: fit the budget for the strategy's cost, capped by data size.
+    top_k = choose("top_k", default_top_k, f"the top third of the {units} backbone stages")
+    plan.estimated_epoch_seconds = _epoch_cost(m, _trainable_share(strategy, top_k, units))
+    max_epochs = MAX_EPOCHS[m.size]
+    if not trains_backbone:
+        epochs, why = 0.0, "the linear probe is fitted on cached features, no training epochs"
+    elif time_budget_minutes and plan.estimated_epoch_seconds:
+        fit = int(time_budget_minutes * 60 * BUDGET_SAFETY // plan.estimated_epoch_seconds)
+        epochs = float(min(max_epochs, max(1, fit)))
+        why = (
+            f"{time_budget_minutes:g} min budget / ~{plan.estimated_epoch_seconds:.0f}s per epoch (measured "
+            f"{m.forward_images_per_second:.1f} images/s forward) -> {fit}, capped at {max_epochs} for {m.size} data"
+        )
+    else:
+        epochs, why = float(FALLBACKS["num_train_epochs"]), "no --time-budget: the standard 10 epochs (early stopping may end sooner)"
+    epochs = choose("num_train_epochs", epochs, why)
+
+    steps = max(1, int(epochs) // 2)
+    choose(
+        "stages_per_unfreeze",
+        max(1, math.ceil(units / steps)) if different else 1,
+        f"unfreeze all {units} stages by mid-run so the early layers train too" if different
+        else "one stage per epoch, top first",
+    )
+    augmentation = defaults["augmentation"] if trains_backbone else "none"
+    choose("augmentation", augmentation, _AUGMENTATION_REASONS[augmentation])
+    mixup = defaults["mixup"] if trains_backbone else "off"
+    choose("mixup", mixup, _MIXUP_REASONS[mixup])
+    choose("head_dropout", defaults["head_dropout"], "less data -> more dropout on the head's input" if trains_backbone else "no training epochs")
+    choose("drop_path_rate", defaults["drop_path_rate"], "stochastic depth where the backbone supports it, stronger for less data" if trains_backbone else "no training epochs")
+    choose(
+        "label_smoothing_factor",
+        NOISY_LABEL_SMOOTHING if noisy_labels else FALLBACKS["label_smoothing_factor"],
+        "--noisy-labels: stronger smoothing limits memorising wrong labels" if noisy_labels
+        else "mild smoothing curbs over-confidence on few images",
+    )
+    ratio = m.imbalance_ratio
+    choose(
+        "class_balance",
+        "weighted_loss" if ratio >= IMBALANCE_RATIO_THRESHOLD else "none",
+        f"largest/smallest class = {ratio:.1f} (threshold {IMBALANCE_RATIO_THRESHOLD:g}): "
+        + ("weight the loss by inverse class frequency" if ratio >= IMBALANCE_RATIO_THRESHOLD else "balanced enough"),
+    )
+    return plan
+
+
+def apply_plan(plan: RecipePlan, data_args: Any, finetune_args: Any, training_args: Any) -> None:
+    """Writes the plan's advisor-made choices into the argument objects (fields the user set are left alone)."""
+    for name, choice in plan.choices.items():
+        if choice.source == "flag":
+            continue
+        for target in (finetune_args, data_args, training_args):
+            if hasattr(target, name):
+                setattr(target, name, choice.value)
+                break
+
+
+def explicit_fields(data_args: Any, finetune_args: Any, training_args: Any) -> dict[str, Any]:
+    """The advisor-managed fields the user set (not None; strategy not "auto")."""
+    fixed = {}
+    for name in ADVISOR_FIELDS:
+        owner = next(obj for obj in (finetune_args, data_args, training_args) if hasattr(obj, name))
+        fixed[name] = getattr(owner, name)
+    return {k: v for k, v in fixed.items() if v is not None and not (k == "strategy" and v == AUTO)}

@@ -1,0 +1,148 @@
+"""Everything between loading the model and building the trainer: the cached feature pass, the recipe advisor,
+the linear-probe baseline and the head initialisation.
+
+One forward pass over the data (cached on disk) serves three purposes: the advisor's domain-similarity
+measurement, the baseline reported beside the fine-tune, and the head itself (`--head-init probe`, and the whole
+model for `--strategy linear_probe`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from .advisor import ADVISOR_FIELDS, RecipePlan, apply_plan, explicit_fields, measure_dataset, plan_recipe
+from .arguments import AUTO, DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, fill_fallbacks
+from .backbone import load_model_and_processor, split_stages
+from .baseline import LinearProbe, baseline_report, write_probe_into_head
+from .data import DataSplits, resolve_preprocessing
+from .features import SplitFeatures, compute_split_features, head_linear_layers, measure_throughput
+from .freezing import unfreeze_units
+from .regularization import add_head_dropout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRecipe:
+    """The outcome of `prepare_recipe`.
+
+    Attributes:
+        model (`torch.nn.Module`): the model to train (reloaded when the advisor chose a drop-path rate).
+        plan (`RecipePlan`, *optional*): the advisor's plan (None when every choice came from flags).
+        features (`SplitFeatures`, *optional*): the cached features (None when nothing needed them).
+        probe (`LinearProbe`, *optional*): the linear probe fitted on them.
+        baseline (`dict`, *optional*): the probe's test report (the `baseline` key of `test_report.json`).
+        record (`dict`): what `run_config.json` records (`recipe`, `features`).
+    """
+
+    model: torch.nn.Module
+    plan: RecipePlan | None = None
+    features: SplitFeatures | None = None
+    probe: LinearProbe | None = None
+    baseline: dict[str, Any] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(model_args: ModelArguments, splits: DataSplits, drop_path_rate: float | None, seed: int) -> tuple[torch.nn.Module, Any]:
+    """Loads `--model` with a new head for the splits' labels (seeded head initialisation, optional drop-path)."""
+    set_seed(seed)
+    overrides = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    return load_model_and_processor(
+        model_args.model,
+        splits.id2label,
+        revision=model_args.revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+        **overrides,
+    )
+
+
+def _needs_features(finetune_args: FinetuneArguments, undecided: bool) -> bool:
+    return (
+        finetune_args.baseline
+        or undecided
+        or finetune_args.strategy in (AUTO, "linear_probe")
+        or finetune_args.head_init == "probe"
+    )
+
+
+def prepare_recipe(
+    model: torch.nn.Module,
+    processor: Any,
+    splits: DataSplits,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+) -> PreparedRecipe:
+    """Feature pass, advisor plan (applied to the argument objects in place), baseline and head initialisation.
+
+    After this call every recipe field of the three argument objects is decided: by the user's flag, by the
+    advisor, or by `arguments.FALLBACKS`.
+    """
+    seed = training_args.seed
+    fixed = explicit_fields(data_args, finetune_args, training_args)
+    undecided = len(fixed) < len(ADVISOR_FIELDS)
+    result = PreparedRecipe(model=model)
+    explicit_drop_path = finetune_args.drop_path_rate
+
+    if _needs_features(finetune_args, undecided):
+        result.features = compute_split_features(
+            model,
+            processor,
+            splits,
+            model_name_or_path=model_args.model,
+            revision=model_args.revision,
+            cache_dir=finetune_args.feature_cache_dir,
+            batch_size=training_args.per_device_eval_batch_size,
+        )
+        result.record["features"] = result.features.summary()
+
+    if undecided:
+        features = result.features
+        if features.images_per_second is None:  # nothing timed on this machine yet: time a small sample
+            sample = splits.train.with_format(None).select(range(min(64, len(splits.train))))["image"]
+            features.images_per_second = measure_throughput(model, processor, sample, training_args.per_device_eval_batch_size)
+        side = min(resolve_preprocessing(processor).size)
+        measurements = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
+        result.plan = plan_recipe(
+            measurements,
+            time_budget_minutes=finetune_args.time_budget,
+            noisy_labels=finetune_args.noisy_labels,
+            fixed=fixed,
+        )
+        apply_plan(result.plan, data_args, finetune_args, training_args)
+        logger.info("%s", result.plan.format())
+        result.record["recipe"] = result.plan.to_dict()
+    else:
+        result.record["recipe"] = {"case": None, "note": "every recipe choice was given by a flag; the advisor did not run"}
+    filled = fill_fallbacks(data_args, finetune_args, training_args)
+    if filled:
+        logger.info("Fixed defaults for %s", ", ".join(filled))
+
+    if finetune_args.drop_path_rate and finetune_args.drop_path_rate != explicit_drop_path:
+        # Drop-path modules are built with the model (timm makes none at rate 0): reload with the chosen rate.
+        result.model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed)
+
+    if result.features is not None:
+        report, probe = baseline_report(result.features, splits.labels, seed=seed)
+        result.probe = probe
+        if finetune_args.baseline:
+            result.baseline = report
+            logger.info(
+                "Baseline (linear probe on frozen features): test accuracy %.4f, macro-F1 %.4f (%.2fs on cached features)",
+                report["accuracy"], report["macro_f1"], report["seconds"],
+            )
+    if finetune_args.head_init == "probe" or finetune_args.strategy == "linear_probe":
+        if result.probe is None:
+            raise ValueError("`--head-init probe` needs the cached-feature probe, which was not fitted.")
+        names = write_probe_into_head(result.model, result.probe)
+        logger.info("Head %s initialised from the linear probe (C=%g).", ", ".join(names), result.probe.C)
+    if finetune_args.head_dropout:
+        add_head_dropout([layer for _, layer in head_linear_layers(result.model)], finetune_args.head_dropout)
+    return result

@@ -1,0 +1,213 @@
+"""The recipe advisor: the four cases of the transfer-learning heuristics, explicit flags winning, the time budget,
+class imbalance and label noise; end to end, the plan recorded in run_config.json and the baseline in the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_finetune.advisor import (
+    LARGE_IMAGES_PER_CLASS,
+    SIMILAR_LIFT,
+    DatasetMeasurements,
+    knn_cross_validated_accuracy,
+    plan_recipe,
+)
+from hf_finetune.cli import main
+
+
+def measured(per_class: int, knn_bacc: float, grayscale: float = 0.0, classes: int = 2, fps: float = 50.0) -> DatasetMeasurements:
+    return DatasetMeasurements(
+        num_train=per_class * classes,
+        num_validation=max(2, per_class * classes // 6),
+        num_classes=classes,
+        class_counts=[per_class] * classes,
+        knn_balanced_accuracy=knn_bacc,
+        grayscale_fraction=grayscale,
+        median_image_side=224,
+        model_input_side=224,
+        forward_images_per_second=fps,
+        backbone_units=8,
+    )
+
+
+SMALL, LARGE = 100, 1200
+SIMILAR, DIFFERENT = 0.97, 0.80  # k-NN balanced accuracy on 2 classes: lift 0.94 / 0.60
+
+
+def test_the_four_cases_get_four_different_strategies():
+    plans = {
+        (size, domain): plan_recipe(measured(n, bacc))
+        for size, n in (("small", SMALL), ("large", LARGE))
+        for domain, bacc in (("similar", SIMILAR), ("different", DIFFERENT))
+    }
+    assert {key: plan.case for key, plan in plans.items()} == {key: f"{key[0]} + {key[1]}" for key in plans}
+    strategies = {key: plan.value("strategy") for key, plan in plans.items()}
+    assert strategies == {
+        ("small", "similar"): "linear_probe",
+        ("large", "similar"): "top_k",
+        ("small", "different"): "head_then_unfreeze",
+        ("large", "different"): "full",
+    }
+    # Small + different: earlier layers train (every stage unfrozen by mid-run), strongest regularisation.
+    hard = plans[("small", "different")]
+    assert hard.value("augmentation") == "strong" and hard.value("mixup") == "on"
+    assert hard.value("stages_per_unfreeze") * (hard.value("num_train_epochs") // 2) >= 8
+    assert hard.value("head_dropout") > plans[("large", "different")].value("head_dropout")
+    # Large + similar freezes the early layers: the top third trains.
+    assert plans[("large", "similar")].value("top_k") == 3
+    # Linear probe: no training epochs, no augmentation.
+    probe = plans[("small", "similar")]
+    assert probe.value("num_train_epochs") == 0 and probe.value("augmentation") == "none"
+    # Lower layers get relatively more LR when the domain differs.
+    assert plans[("large", "different")].value("layer_decay") > plans[("large", "similar")].value("layer_decay")
+    for plan in plans.values():
+        assert all(choice.reason and choice.source == "advisor" for choice in plan.choices.values())
+        assert "strategy" in plan.format() and plan.case in plan.format()
+
+
+def test_thresholds_and_grayscale_decide_size_and_domain():
+    assert measured(LARGE_IMAGES_PER_CLASS - 1, SIMILAR).size == "small"
+    assert measured(LARGE_IMAGES_PER_CLASS, SIMILAR).size == "large"
+    chance = 0.5
+    at_threshold = chance + SIMILAR_LIFT * (1 - chance)
+    assert measured(SMALL, at_threshold + 1e-6).domain == "similar"
+    assert measured(SMALL, at_threshold - 1e-3).domain == "different"
+    # Grayscale images (X-ray, microscopy) count as a different domain however separable the features are.
+    assert measured(SMALL, 0.99, grayscale=0.9).domain == "different"
+    assert plan_recipe(measured(SMALL, 0.99, grayscale=0.9)).value("strategy") == "head_then_unfreeze"
+
+
+def test_explicit_flags_win_and_the_rest_is_planned_around_them():
+    plan = plan_recipe(measured(SMALL, SIMILAR), fixed={"strategy": "full", "augmentation": "light", "layer_decay": None})
+    assert plan.choices["strategy"].value == "full" and plan.choices["strategy"].source == "flag"
+    assert plan.choices["augmentation"].value == "light" and plan.choices["augmentation"].source == "flag"
+    assert "--augmentation" in plan.choices["augmentation"].reason
+    # Undecided fields are still the advisor's, chosen for a model that trains.
+    assert plan.choices["layer_decay"].source == "advisor"
+    assert plan.value("num_train_epochs") > 0 and plan.value("mixup") != "off"
+    assert plan_recipe(measured(SMALL, SIMILAR), fixed={"strategy": "auto"}).value("strategy") == "linear_probe"
+
+
+def test_time_budget_sets_the_epochs_from_measured_throughput():
+    m = measured(LARGE, DIFFERENT, fps=50.0)  # 2400 train + 400 validation images
+    plan = plan_recipe(m, time_budget_minutes=10)
+    epoch_seconds = (2400 * 2 + 400) / 50.0  # full fine-tune: forward + backward (BACKWARD_COST 1) per training image
+    assert plan.estimated_epoch_seconds == pytest.approx(epoch_seconds)
+    assert plan.value("num_train_epochs") == int(10 * 60 * 0.85 // epoch_seconds)
+    assert "budget" in plan.choices["num_train_epochs"].reason
+    # A bigger budget buys more epochs, up to the cap; no budget: the standard 10.
+    assert plan_recipe(m, time_budget_minutes=30).value("num_train_epochs") > plan.value("num_train_epochs")
+    assert plan_recipe(m, time_budget_minutes=10_000).value("num_train_epochs") == 12
+    assert plan_recipe(m).value("num_train_epochs") == 10
+    # Too little budget for MIN_FINETUNE_EPOCHS epochs of fine-tuning: the linear probe, unless the user chose.
+    short = plan_recipe(m, time_budget_minutes=2)
+    assert short.value("strategy") == "linear_probe" and short.value("num_train_epochs") == 0
+    assert "fit the 2 min budget" in short.choices["strategy"].reason
+    forced = plan_recipe(m, time_budget_minutes=2, fixed={"strategy": "full"})
+    assert forced.value("strategy") == "full" and forced.value("num_train_epochs") == 1
+
+
+def test_imbalance_picks_a_weighted_loss_and_noisy_labels_raise_smoothing():
+    balanced = measured(SMALL, DIFFERENT)
+    skewed = replace(balanced, class_counts=[300, 30])
+    assert plan_recipe(balanced).value("class_balance") == "none"
+    assert plan_recipe(skewed).value("class_balance") == "weighted_loss"
+    assert "10.0" in plan_recipe(skewed).choices["class_balance"].reason
+    assert plan_recipe(balanced).value("label_smoothing_factor") == 0.1
+    assert plan_recipe(balanced, noisy_labels=True).value("label_smoothing_factor") == 0.2
+    assert plan_recipe(balanced, noisy_labels=True, fixed={"label_smoothing_factor": 0.0}).value("label_smoothing_factor") == 0.0
+
+
+def test_knn_cross_validation_measures_separability():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    separable = np.where(labels[:, None] == 0, 1.0, -1.0) * np.ones((40, 8)) + rng.normal(0, 0.1, (40, 8))
+    noise = rng.normal(0, 1, (40, 8))
+    assert knn_cross_validated_accuracy(separable, labels) == 1.0
+    assert knn_cross_validated_accuracy(noise, labels) < 0.8
+    assert knn_cross_validated_accuracy(separable[:21], labels[:21]) is None  # one image of class 1: no CV
+
+
+def _gray_folder(root, per_class=10, size=36):
+    """Grayscale images whose classes differ only in texture frequency."""
+    rng = np.random.default_rng(1)
+    for index, name in enumerate(("normal", "sick")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            x = np.linspace(0, (3 + 6 * index) * np.pi, size)
+            pixels = 127 + 60 * np.sin(x)[None, :] + rng.normal(0, 20, (size, size))
+            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8"), mode="L").save(folder / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind,folder_kind,expected_case,expected_strategy",
+    [("vit", "colour", "small + similar", "linear_probe"), ("resnet", "gray", "small + different", "head_then_unfreeze")],
+)
+def test_auto_run_end_to_end(kind, folder_kind, expected_case, expected_strategy, tiny_checkpoint, image_folder, tmp_path, capsys):
+    folder = image_folder if folder_kind == "colour" else _gray_folder(tmp_path / "gray")
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint(kind), "--dataset", str(folder), "--output-dir", str(out), "--time-budget", "0.2",
+            "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"hf_finetune recipe ({expected_case})" in printed and "linear-probe baseline" in printed
+
+    config = json.loads((out / "run_config.json").read_text())
+    recipe = config["recipe"]
+    assert recipe["case"] == expected_case
+    assert {"num_train", "class_counts", "knn_balanced_accuracy", "knn_lift_over_chance", "grayscale_fraction",
+            "forward_images_per_second", "size", "domain"} <= set(recipe["measurements"])
+    assert recipe["choices"]["strategy"]["value"] == expected_strategy
+    assert all(choice["reason"] and choice["source"] == "advisor" for choice in recipe["choices"].values())
+    # The plan was applied: the resolved arguments are the advisor's choices.
+    assert config["finetune"]["strategy"] == expected_strategy
+    assert config["data"]["augmentation"] == recipe["choices"]["augmentation"]["value"]
+    assert config["training"]["num_train_epochs"] == recipe["choices"]["num_train_epochs"]["value"]
+
+    report = json.loads((out / "test_report.json").read_text())
+    baseline = report["baseline"]
+    assert {"accuracy", "macro_f1", "per_class", "seconds"} <= set(baseline)
+    assert set(baseline["per_class"]) == set(report["labels"])
+    if expected_strategy == "linear_probe":
+        # The saved model is the probe: same test predictions as the baseline, no training epochs.
+        assert report["confusion_matrix"] == baseline["confusion_matrix"]
+        assert json.loads((out / "schedule.json").read_text())["epochs"] == []
+    else:
+        assert config["epochs_run"] >= 1
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--strategy", "guess"], "`--strategy` must be one of ('auto', 'linear_probe'"),
+        (["--augmentation", "extreme"], "`--augmentation` must be one of ('none', 'light', 'medium', 'strong'), got 'extreme'"),
+        (["--mixup", "sometimes"], "`--mixup` must be one of ('off', 'on', 'auto'), got 'sometimes'"),
+        (["--class-balance", "oversample"], "`--class-balance` must be one of ('none', 'weighted_loss', 'sampler')"),
+        (["--optimizer", "adam"], "`--optimizer` must be one of ('adamw', 'radam', 'sgd', 'trainer'), got 'adam'"),
+        (["--lr-schedule", "step"], "`--lr-schedule` must be one of ('trainer', 'plateau', 'one_cycle', 'cyclic')"),
+        (["--time-budget", "-5"], "`--time-budget` must be a positive number of minutes, got -5.0"),
+        (["--head-dropout", "1.5"], "`--head-dropout` must lie in [0, 1), got 1.5"),
+        (["--kfold", "1"], "`--kfold` must be 0 (off) or at least 2 folds, got 1"),
+        (["--l2sp", "-1"], "`--l2sp` must be >= 0, got -1.0"),
+    ],
+)
+def test_recipe_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path):
+    assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_says_which_choices_the_advisor_makes():
+    from hf_finetune.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "auto (default: the recipe advisor" in text
+    for flag in ("--layer-decay", "--augmentation", "--head-init", "--mixup", "--num-train-epochs", "--label-smoothing-factor"):
+        assert flag in text
+    assert text.count("chosen by the recipe advisor") >= 10

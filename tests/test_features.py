@@ -1,0 +1,87 @@
+"""Cached frozen features and the linear probe: the features are the head's input, the disk cache is keyed by
+model + preprocessing + image content, and a probe written into the head reproduces the probe's predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hf_finetune import DataArguments, load_model_and_processor, load_splits
+from hf_finetune.baseline import baseline_report, fit_linear_probe, write_probe_into_head
+from hf_finetune.features import FeatureSet, compute_split_features, extract_features, head_linear_layers
+
+
+@pytest.fixture
+def loaded(tiny_checkpoint, image_folder):
+    def load(kind: str):
+        splits = load_splits(DataArguments(dataset=str(image_folder)), seed=0)
+        model, processor = load_model_and_processor(tiny_checkpoint(kind), splits.id2label)
+        return splits, model, processor, tiny_checkpoint(kind)
+
+    return load
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet", "timm"])
+def test_features_are_the_heads_input(kind, loaded):
+    splits, model, processor, _ = loaded(kind)
+    images = list(splits.test.with_format(None)["image"])
+    features = extract_features(model, processor, images, batch_size=2)
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images, return_tensors="pt")["pixel_values"]).logits
+    (_, layer), = head_linear_layers(model)
+    assert features.shape == (len(images), layer.in_features)
+    expected = torch.from_numpy(features) @ layer.weight.T + layer.bias
+    assert torch.allclose(expected, logits, atol=1e-4)
+
+
+def test_feature_cache_is_reused_and_keyed_by_preprocessing(loaded, tmp_path, monkeypatch):
+    import hf_finetune.features as features_module
+
+    monkeypatch.setattr(features_module, "MIN_TIMED_IMAGES", 10)
+    splits, model, processor, path = loaded("vit")
+    first = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
+    total = len(splits.train) + len(splits.validation) + len(splits.test)
+    assert first.computed == total and first.images_per_second > 0
+    second = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
+    assert second.computed == 0 and second.model_key == first.model_key
+    assert second.images_per_second == pytest.approx(first.images_per_second)  # recorded by the first pass
+    for name in ("train", "validation", "test"):
+        assert np.array_equal(getattr(first, name).features, getattr(second, name).features)
+        assert np.array_equal(getattr(first, name).labels, np.asarray(getattr(splits, name)["label"]))
+    # Other splits of the same images (another seed) come from the cache too.
+    other = load_splits(DataArguments(dataset=splits.provenance["source"]), seed=1)
+    assert compute_split_features(model, processor, other, model_name_or_path=path, cache_dir=str(tmp_path)).computed == 0
+    # Different preprocessing -> different key -> recomputed.
+    processor.image_mean = [0.1, 0.1, 0.1]
+    third = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
+    assert third.model_key != first.model_key and third.computed == total
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet", "deit", "timm"])
+def test_probe_written_into_the_head_reproduces_the_probe(kind, loaded, tmp_path):
+    splits, model, processor, path = loaded(kind)
+    features = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
+    report, probe = baseline_report(features, splits.labels)
+    assert report["seconds"] < 30 and report["C"] in probe.candidates
+    write_probe_into_head(model, probe)
+    images = list(splits.test.with_format(None)["image"])
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images, return_tensors="pt")["pixel_values"]).logits.numpy()
+    assert np.allclose(logits, probe.logits(features.test.features), atol=1e-3)
+    assert (logits.argmax(1) == probe.predict(features.test.features)).all()
+
+
+def test_probe_picks_c_on_validation_and_handles_binary_and_missing_classes():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 2], 30)  # class 1 absent from train
+    x = rng.normal(0, 1, (60, 5)) + (y[:, None] == 2) * 3.0
+    train, validation = FeatureSet(x[::2], y[::2]), FeatureSet(x[1::2], y[1::2])
+    probe = fit_linear_probe(train, validation, num_labels=3, c_grid=(0.01, 1.0))
+    assert set(probe.candidates) == {0.01, 1.0} and probe.validation_macro_f1 == max(probe.candidates.values())
+    predictions = probe.predict(x)
+    assert 1 not in predictions and (predictions == y).mean() > 0.95
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fit_linear_probe(FeatureSet(x[:5], np.zeros(5, dtype=int)), validation, num_labels=3)
