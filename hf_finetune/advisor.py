@@ -418,6 +418,10 @@ def plan_recipe(
         "--noisy-labels: stronger smoothing limits memorising wrong labels" if noisy_labels
         else "mild smoothing curbs over-confidence on few images",
     )
+    for name, used_by in (("top_k", "top_k"), ("stages_per_unfreeze", "head_then_unfreeze"), ("head_epochs", "head_then_unfreeze")):
+        choice = plan.choices[name]
+        if strategy != used_by and choice.source == "advisor":
+            choice.reason = f"unused by {strategy} ({choice.reason})"
     ratio = m.imbalance_ratio
     choose(
         "class_balance",
