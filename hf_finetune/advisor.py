@@ -311,7 +311,8 @@ def plan_recipe(
 
     Returns:
         `RecipePlan` with a `Choice` for: strategy, layer_decay, head_init, head_epochs, stages_per_unfreeze, top_k,
-        augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance, num_train_epochs.
+        augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance, fix_bn_stats,
+        num_train_epochs (the names in `ADVISOR_FIELDS`).
     """
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None and not (k == "strategy" and v == AUTO)}
     case = (m.size, m.domain)
@@ -410,14 +411,22 @@ def plan_recipe(
     choose("augmentation", augmentation, _AUGMENTATION_REASONS[augmentation])
     mixup = defaults["mixup"] if trains_backbone else "off"
     choose("mixup", mixup, _MIXUP_REASONS[mixup])
-    choose("head_dropout", defaults["head_dropout"], "less data -> more dropout on the head's input" if trains_backbone else "no training epochs")
-    choose("drop_path_rate", defaults["drop_path_rate"], "stochastic depth where the backbone supports it, stronger for less data" if trains_backbone else "no training epochs")
+    if trains_backbone:
+        choose("head_dropout", defaults["head_dropout"], "less data -> more dropout on the head's input")
+        choose("drop_path_rate", defaults["drop_path_rate"], "stochastic depth where the backbone supports it, stronger for less data")
+    else:
+        choose("head_dropout", 0.0, "no training epochs")
+        choose("drop_path_rate", 0.0, "no training epochs")
     choose(
         "label_smoothing_factor",
         NOISY_LABEL_SMOOTHING if noisy_labels else FALLBACKS["label_smoothing_factor"],
         "--noisy-labels: stronger smoothing limits memorising wrong labels" if noisy_labels
         else "mild smoothing curbs over-confidence on few images",
     )
+    for name, used_by in (("top_k", "top_k"), ("stages_per_unfreeze", "head_then_unfreeze"), ("head_epochs", "head_then_unfreeze")):
+        choice = plan.choices[name]
+        if strategy != used_by and choice.source == "advisor":
+            choice.reason = f"unused by {strategy} ({choice.reason})"
     ratio = m.imbalance_ratio
     choose(
         "class_balance",

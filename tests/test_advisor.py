@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from hf_finetune.advisor import (
+    ADVISOR_FIELDS,
     LARGE_IMAGES_PER_CLASS,
     SIMILAR_LIFT,
     DatasetMeasurements,
@@ -66,6 +67,7 @@ def test_the_four_cases_get_four_different_strategies():
     # Lower layers get relatively more LR when the domain differs.
     assert plans[("large", "different")].value("layer_decay") > plans[("large", "similar")].value("layer_decay")
     for plan in plans.values():
+        assert set(plan.choices) == set(ADVISOR_FIELDS)  # every advisor-managed field is decided, with a reason
         assert all(choice.reason and choice.source == "advisor" for choice in plan.choices.values())
         assert "strategy" in plan.format() and plan.case in plan.format()
 
