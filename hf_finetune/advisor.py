@@ -62,6 +62,21 @@ ADVISOR_FIELDS = (
     "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
 )
 
+# Advisor fields that only one strategy reads: left undecided under another strategy, they need no advisor.
+USED_ONLY_BY = {"top_k": "top_k", "stages_per_unfreeze": "head_then_unfreeze", "head_epochs": "head_then_unfreeze"}
+
+
+def undecided_fields(fixed: dict[str, Any], strategy: str) -> list[str]:
+    """The advisor fields the run still needs decided, given the explicitly set ones (`explicit_fields`).
+
+    A field only one strategy reads (`USED_ONLY_BY`) is not needed when another strategy was chosen by flag.
+    """
+    chosen = None if strategy == AUTO else strategy
+    return [
+        name for name in ADVISOR_FIELDS
+        if name not in fixed and (chosen is None or USED_ONLY_BY.get(name, chosen) == chosen)
+    ]
+
 
 @dataclass
 class DatasetMeasurements:
@@ -423,7 +438,7 @@ def plan_recipe(
         "--noisy-labels: stronger smoothing limits memorising wrong labels" if noisy_labels
         else "mild smoothing curbs over-confidence on few images",
     )
-    for name, used_by in (("top_k", "top_k"), ("stages_per_unfreeze", "head_then_unfreeze"), ("head_epochs", "head_then_unfreeze")):
+    for name, used_by in USED_ONLY_BY.items():
         choice = plan.choices[name]
         if strategy != used_by and choice.source == "advisor":
             choice.reason = f"unused by {strategy} ({choice.reason})"
@@ -437,21 +452,32 @@ def plan_recipe(
     return plan
 
 
+def _owner(name: str, data_args: Any, finetune_args: Any, training_args: Any) -> Any:
+    return next(obj for obj in (finetune_args, data_args, training_args) if hasattr(obj, name))
+
+
 def apply_plan(plan: RecipePlan, data_args: Any, finetune_args: Any, training_args: Any) -> None:
     """Writes the plan's advisor-made choices into the argument objects (fields the user set are left alone)."""
     for name, choice in plan.choices.items():
-        if choice.source == "flag":
-            continue
-        for target in (finetune_args, data_args, training_args):
-            if hasattr(target, name):
-                setattr(target, name, choice.value)
-                break
+        if choice.source != "flag":
+            setattr(_owner(name, data_args, finetune_args, training_args), name, choice.value)
+
+
+def apply_recorded_plan(recorded: dict[str, Any], data_args: Any, finetune_args: Any, training_args: Any) -> list[str]:
+    """Re-applies the advisor's choices recorded in an earlier attempt's `run_config.json` (`recipe`) to the
+    fields still undecided now, so a resumed run keeps the plan it started with (a re-measured throughput could
+    otherwise change, say, the number of epochs mid-run). Returns the names of the fields set.
+    """
+    undecided = set(ADVISOR_FIELDS) - set(explicit_fields(data_args, finetune_args, training_args))
+    applied = []
+    for name, choice in (recorded.get("choices") or {}).items():
+        if name in undecided and choice.get("source") == "advisor":
+            setattr(_owner(name, data_args, finetune_args, training_args), name, choice["value"])
+            applied.append(name)
+    return applied
 
 
 def explicit_fields(data_args: Any, finetune_args: Any, training_args: Any) -> dict[str, Any]:
     """The advisor-managed fields the user set (not None; strategy not "auto")."""
-    fixed = {}
-    for name in ADVISOR_FIELDS:
-        owner = next(obj for obj in (finetune_args, data_args, training_args) if hasattr(obj, name))
-        fixed[name] = getattr(owner, name)
+    fixed = {name: getattr(_owner(name, data_args, finetune_args, training_args), name) for name in ADVISOR_FIELDS}
     return {k: v for k, v in fixed.items() if v is not None and not (k == "strategy" and v == AUTO)}

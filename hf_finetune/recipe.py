@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from .advisor import ADVISOR_FIELDS, RecipePlan, apply_plan, explicit_fields, measure_dataset, plan_recipe
+from .advisor import RecipePlan, apply_plan, apply_recorded_plan, explicit_fields, measure_dataset, plan_recipe, undecided_fields
 from .arguments import AUTO, DataArguments, FinetuneArguments, FinetuneTrainingArguments, ModelArguments, fill_fallbacks
 from .backbone import load_model_and_processor, split_stages
 from .baseline import LinearProbe, baseline_report, write_probe_into_head
@@ -79,17 +79,22 @@ def prepare_recipe(
     data_args: DataArguments,
     finetune_args: FinetuneArguments,
     training_args: FinetuneTrainingArguments,
+    recorded_recipe: dict[str, Any] | None = None,
 ) -> PreparedRecipe:
     """Feature pass, advisor plan (applied to the argument objects in place), baseline and head initialisation.
 
     After this call every recipe field of the three argument objects is decided: by the user's flag, by the
-    advisor, or by `arguments.FALLBACKS`.
+    advisor (or, given `recorded_recipe` — the `recipe` of a resumed run's `run_config.json` — by the plan the
+    advisor made when the run started), or by `arguments.FALLBACKS`.
     """
     seed = training_args.seed
-    fixed = explicit_fields(data_args, finetune_args, training_args)
-    undecided = len(fixed) < len(ADVISOR_FIELDS)
     result = PreparedRecipe(model=model)
     explicit_drop_path = finetune_args.drop_path_rate
+    reused = apply_recorded_plan(recorded_recipe, data_args, finetune_args, training_args) if recorded_recipe else []
+    if reused:
+        logger.info("Resuming: the advisor's choices of the first attempt are kept (%s).", ", ".join(reused))
+    fixed = explicit_fields(data_args, finetune_args, training_args)
+    undecided = bool(undecided_fields(fixed, finetune_args.strategy))
 
     if _needs_features(finetune_args, undecided):
         result.features = compute_split_features(
@@ -119,6 +124,8 @@ def prepare_recipe(
         apply_plan(result.plan, data_args, finetune_args, training_args)
         logger.info("%s", result.plan.format())
         result.record["recipe"] = result.plan.to_dict()
+    elif reused:
+        result.record["recipe"] = {**recorded_recipe, "reused_on_resume": reused}
     else:
         result.record["recipe"] = {"case": None, "note": "every recipe choice was given by a flag; the advisor did not run"}
     filled = fill_fallbacks(data_args, finetune_args, training_args)

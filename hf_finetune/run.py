@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, set_seed
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from .arguments import (
     DataArguments,
@@ -337,7 +337,9 @@ def prepare_run(
         splits = load_splits(data_args, seed=training_args.seed)
     model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed)
     # Cached feature pass, advisor plan (fills every undecided argument), linear-probe baseline, head init.
-    prepared = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args)
+    prepared = prepare_recipe(
+        model, processor, splits, model_args, data_args, finetune_args, training_args, previous.get("recipe")
+    )
     model = prepared.model
     preprocessing = attach_transforms(splits, processor, data_args.augmentation)
     if finetune_args.peft == "lora":
@@ -386,6 +388,7 @@ def run_finetune(
     training_args: FinetuneTrainingArguments,
     share_args: ShareArguments | None = None,
     splits: DataSplits | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> RunResult:
     """Runs one fine-tuning job and writes everything into `training_args.output_dir`.
 
@@ -400,6 +403,8 @@ def run_finetune(
             `--hub-private-repo`, `--hub-token` drive the final upload).
         share_args (`ShareArguments`, *optional*): model card, example images, demo Space (defaults if omitted).
         splits (`DataSplits`, *optional*): ready-made splits (k-fold); loaded from `data_args` if omitted.
+        callbacks (`list[TrainerCallback]`, *optional*): extra callbacks for the Trainer (logging, benchmarks); they
+            run after hf_finetune's own, so they see each epoch's stages already frozen or unfrozen.
 
     Returns:
         `RunResult` with the output directory, the test report, the advisor's plan and, with `--push-to-hub`, the
@@ -429,6 +434,8 @@ def run_finetune(
     if trainer.is_world_process_zero():
         write_run_config(run_config_path, model_args, data_args, finetune_args, training_args, extra)
 
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     interrupt = InterruptCallback()
     trainer.add_callback(interrupt)
     if probe_only:

@@ -17,6 +17,7 @@ from hf_finetune.advisor import (
     DatasetMeasurements,
     knn_cross_validated_accuracy,
     plan_recipe,
+    undecided_fields,
 )
 from hf_finetune.cli import main
 
@@ -112,6 +113,18 @@ def test_time_budget_sets_the_epochs_from_measured_throughput():
     assert "fit the 2 min budget" in short.choices["strategy"].reason
     forced = plan_recipe(m, time_budget_minutes=2, fixed={"strategy": "full"})
     assert forced.value("strategy") == "full" and forced.value("num_train_epochs") == 1
+
+
+def test_fields_only_another_strategy_reads_need_no_advisor():
+    every_other = {name: 1 for name in ADVISOR_FIELDS if name not in ("top_k", "stages_per_unfreeze", "head_epochs")}
+    # strategy fixed to full: top_k, stages_per_unfreeze and head_epochs are unused, nothing is left to decide
+    assert undecided_fields({**every_other, "strategy": "full"}, "full") == []
+    # head_then_unfreeze reads its unfreeze schedule but not top_k
+    assert undecided_fields({**every_other, "strategy": "head_then_unfreeze"}, "head_then_unfreeze") == ["head_epochs", "stages_per_unfreeze"]
+    assert undecided_fields({**every_other, "strategy": "top_k"}, "top_k") == ["top_k"]
+    # strategy auto: every field not given is decided
+    no_strategy = {k: v for k, v in every_other.items() if k != "strategy"}
+    assert undecided_fields(no_strategy, "auto") == ["strategy", "head_epochs", "top_k", "stages_per_unfreeze"]
 
 
 def test_imbalance_picks_a_weighted_loss_and_noisy_labels_raise_smoothing():
@@ -213,3 +226,29 @@ def test_help_says_which_choices_the_advisor_makes():
     for flag in ("--layer-decay", "--augmentation", "--head-init", "--mixup", "--num-train-epochs", "--label-smoothing-factor"):
         assert flag in text
     assert text.count("chosen by the recipe advisor") >= 10
+
+
+def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path):
+    from hf_finetune.cli import parse_args
+    from hf_finetune.data import load_splits
+    from hf_finetune.recipe import load_model, prepare_recipe
+
+    folder = _gray_folder(tmp_path / "gray")
+    argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(tmp_path / "out"),
+            "--time-budget", "0.2", "--augmentation", "none"]
+    model_args, data_args, finetune_args, training_args, _ = parse_args(argv)
+    splits = load_splits(data_args, seed=training_args.seed)
+    model, processor = load_model(model_args, splits, None, training_args.seed)
+    first = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args).record["recipe"]
+    # What the first attempt decided differs from what a re-measurement would give (e.g. a slower machine now).
+    first["choices"]["num_train_epochs"]["value"] = 2.0
+    first["choices"]["strategy"]["value"] = "full"
+
+    model_args, data_args, finetune_args, training_args, _ = parse_args(argv)
+    model, processor = load_model(model_args, splits, None, training_args.seed)
+    resumed = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args, first)
+    assert finetune_args.strategy == "full" and training_args.num_train_epochs == 2.0
+    assert data_args.augmentation == "none"  # the flag, not a recorded choice
+    assert "augmentation" not in resumed.record["recipe"]["reused_on_resume"]
+    assert {"strategy", "num_train_epochs", "layer_decay"} <= set(resumed.record["recipe"]["reused_on_resume"])
+    assert resumed.record["recipe"]["choices"]["strategy"]["value"] == "full"
