@@ -7,7 +7,8 @@ For each seed, with /work/shared/models/efficientnet_lite0 (or --model):
     hymenoptera (close to ImageNet):     auto (default flags)  vs  the linear probe
 Target: auto > probe and auto > full on pneumoniamnist test macro-F1; auto >= probe on hymenoptera.
 
-    flock /tmp/hff-heavy.lock python benchmarks/recipe_check.py --seeds 0 1 2 --time-budget 8
+    flock /tmp/hff-heavy.lock python benchmarks/recipe_check.py --seeds 0 1 2              # default settings
+    python benchmarks/recipe_check.py --time-budget 8 --extra --dataloader-num-workers 8   # a budget; extra flags
 
 Writes benchmarks/results/recipe_check.json (every run: command, figures, wall time) and recipe_check.md (table).
 Runs already in the JSON are skipped, so an interrupted check resumes.
@@ -29,12 +30,13 @@ SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared").is_dir() else Path("
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def configurations(model: str, budget: float) -> dict[str, list[str]]:
-    pneumonia = str(SHARED / "data" / "pneumoniamnist")
-    ants = str(SHARED / "data" / "hymenoptera")
+def configurations(model: str, budget: float | None, shared: Path) -> dict[str, list[str]]:
+    pneumonia = str(shared / "data" / "pneumoniamnist")
+    ants = str(shared / "data" / "hymenoptera")
+    budget_flags = [] if budget is None else ["--time-budget", str(budget)]
     return {
-        "pneumonia/auto": ["--model", model, "--dataset", pneumonia, "--time-budget", str(budget)],
-        "pneumonia/full": ["--model", model, "--dataset", pneumonia, "--time-budget", str(budget), "--strategy", "full", "--layer-decay", "1.0"],
+        "pneumonia/auto": ["--model", model, "--dataset", pneumonia, *budget_flags],
+        "pneumonia/full": ["--model", model, "--dataset", pneumonia, *budget_flags, "--strategy", "full", "--layer-decay", "1.0"],
         "hymenoptera/auto": ["--model", model, "--dataset", ants],
     }
 
@@ -70,6 +72,13 @@ def run(name: str, flags: list[str], seed: int, out_root: Path) -> dict:
         "estimated_epoch_seconds": recipe.get("estimated_epoch_seconds"),
         "mixup_switched_on_for_epoch": config.get("gap_monitor", {}).get("mixup_switched_on_for_epoch"),
     }
+
+
+def machine_description() -> str:
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPU cores{gpu}"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -112,9 +121,11 @@ def markdown(runs: list[dict], result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(SHARED / "models" / "efficientnet_lite0"))
+    parser.add_argument("--shared", default=str(SHARED), help="folder holding models/ and data/")
+    parser.add_argument("--model", help="default: <shared>/models/efficientnet_lite0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--time-budget", type=float, default=8.0, help="--time-budget (minutes) of the pneumonia runs")
+    parser.add_argument("--time-budget", type=float, help="--time-budget (minutes) of the pneumonia runs (default: none)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to every run (last option)")
     parser.add_argument("--only", nargs="*", default=None, help="subset of run names, e.g. pneumonia/auto")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "recipe_check"))
     parser.add_argument("--tag", default="recipe_check", help="results file stem")
@@ -125,7 +136,9 @@ def main() -> int:
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
     runs = previous.get("runs", [])
     done = {(r["name"], r["seed"]) for r in runs}
-    configs = configurations(options.model, options.time_budget)
+    shared = Path(options.shared)
+    options.model = options.model or str(shared / "models" / "efficientnet_lite0")
+    configs = {name: [*flags, *options.extra] for name, flags in configurations(options.model, options.time_budget, shared).items()}
     for seed in options.seeds:
         for name, flags in configs.items():
             if (options.only and name not in options.only) or (name, seed) in done:
@@ -135,7 +148,8 @@ def main() -> int:
             print(f"[recipe_check]   test macro-F1 {record['test_macro_f1']:.4f} (probe {record['baseline_macro_f1']}) in {record['wall_seconds']:.0f}s", flush=True)
             runs.append(record)
             result = summarise(runs)
-            payload = {"model": options.model, "time_budget": options.time_budget, "machine": f"{os.cpu_count()} CPU cores", "runs": runs, **result}
+            payload = {"model": options.model, "time_budget": options.time_budget, "extra_flags": options.extra,
+                       "machine": machine_description(), "runs": runs, **result}
             json_path.write_text(json.dumps(payload, indent=2))
             (RESULTS / f"{options.tag}.md").write_text(markdown(runs, result))
     result = summarise(runs)

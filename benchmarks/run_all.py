@@ -12,7 +12,7 @@ Methods (each in its own process, so peak memory is its own):
 
 Every hf_finetune run starts from an EMPTY feature cache, so the feature pass it needs is in its wall time.
 
-Datasets with more training images than `--max-train-images` are cut to a stratified subset of that size (the same
+Datasets with more training images than `--max-train-images` are cut to a stratified subset of that size (default 200) (the same
 images for every method and seed; validation and test splits stay whole), built as a folder of symbolic links under
 `--work-dir`. This keeps the whole benchmark within an hour on a 2-core CPU machine.
 
@@ -106,14 +106,17 @@ def _phase_name(model: Any) -> str:
     return "top stages"
 
 
-def _callbacks(num_train: int, score: Any, started: float) -> tuple[list[Any], dict[str, Any]]:
-    """A per-epoch test curve (benchmark-only, its time excluded) and per-phase training throughput."""
+def _callbacks(num_train: int, score: Any, started: float, target: float | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """A per-epoch test curve (benchmark-only, its time excluded; it stops once `target` macro-F1 is reached, all
+    time to quality needs) and per-phase training throughput."""
     from transformers import TrainerCallback
 
     record: dict[str, Any] = {"curve": [], "phases": {}, "excluded": 0.0}
 
     class Recorder(TrainerCallback):
         def _point(self, epoch: float, model: Any) -> None:
+            if target is not None and any(p["macro_f1"] >= target for p in record["curve"]):
+                return
             began = time.perf_counter()
             accuracy, macro_f1 = score(model)
             record["curve"].append({"epoch": epoch, "wall_seconds": began - started - record["excluded"],
@@ -209,7 +212,7 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     score = _test_scorer(model_path, splits.test, job["bf16"]) if curve_wanted else None
     num_train = len(splits.train)
     started = time.perf_counter()
-    callbacks, record = _callbacks(num_train, score, started)
+    callbacks, record = _callbacks(num_train, score, started, job.get("target_macro_f1"))
     if method == "plain":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from plain_recipe import run_plain
@@ -253,12 +256,12 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _spawn(job: dict[str, Any], log_path: Path) -> dict[str, Any]:
+def _spawn(job: dict[str, Any], log_path: Path, lock: str | None = None) -> dict[str, Any]:
     result_path = log_path.with_suffix(".json")
     result_path.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--job", json.dumps(job), "--job-result", str(result_path)]
     with open(log_path, "w") as log:
-        code = subprocess.run([sys.executable, __file__, "--job", json.dumps(job), "--job-result", str(result_path)],
-                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(["flock", lock, *command] if lock else command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0 or not result_path.is_file():
         raise RuntimeError(f"{job['method']} / {job['model_name']} / {job['dataset_name']} / seed {job['seed']} failed "
                            f"(exit {code}): see {log_path}")
@@ -369,11 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="*", help="dataset folder names under <shared>/data (default: all)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--max-train-images", type=int, default=300, help="larger training splits are subsampled")
+    parser.add_argument("--max-train-images", type=int, default=200, help="larger training splits are subsampled")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every method (GPU)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "benchmark"), help="results path stem")
     parser.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "work"), help="runs, logs, data subsets")
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in the results JSON")
+    parser.add_argument("--lock", help="hold this lock file (flock) during each run, so heavy jobs on a shared machine "
+                        "take turns and the timings stay clean")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--job-result", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -411,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     run_dir = work / "runs" / dataset_name / model / f"{method}-seed{seed}"
                     with tempfile.TemporaryDirectory(prefix="hff-bench-cache-") as cache:
+                        plain = next((r for r in runs if (r["method"], r["model_name"], r["dataset_name"], r["seed"])
+                                      == ("plain", model, dataset_name, seed)), None)
                         job = {"method": method, "model": str(shared / "models" / model), "model_name": model,
                                "dataset": str(dataset_path), "dataset_name": dataset_name, "seed": seed,
-                               "output_dir": str(run_dir), "feature_cache": cache, "bf16": options.bf16}
+                               "output_dir": str(run_dir), "feature_cache": cache, "bf16": options.bf16,
+                               "target_macro_f1": plain and plain["test_macro_f1"]}
                         run_dir.parent.mkdir(parents=True, exist_ok=True)
-                        record = _spawn(job, run_dir.parent / f"{method}-seed{seed}.log")
+                        record = _spawn(job, run_dir.parent / f"{method}-seed{seed}.log", options.lock)
                     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints and weights are not results
                     runs.append(record)
                     print(f"[{time.perf_counter() - started:6.0f}s] {dataset_name} {model} {method} seed {seed}: "
