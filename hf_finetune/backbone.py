@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 EMBEDDINGS = "embeddings"
 NORM = "norm"
 HEAD = "head"
+# Config field of a model truncated by `truncation.truncate_model` (the cut, what was removed, the kept stages).
+TRUNCATION_FIELD = "hf_finetune_truncation"
+
+# Families whose head reads the CLS token of the last hidden state (the others average tokens or feature maps).
+_CLS_POOLING_FAMILIES = frozenset({"vit", "deit", "dinov2", "dinov2_with_registers", "data2vec-vision"})
 
 # Families split_stages knows and the tests pin down; anything else still goes through the same structural split,
 # flagged "generic" with a warning so the user checks the stage table.
@@ -215,7 +220,10 @@ def split_stages(model: nn.Module) -> StageMap:
     """
     inner, prefix = _unwrap_peft(model)
     timm_model, timm_prefix = _find_timm_model(inner)
-    if timm_model is not None and hasattr(timm_model, "group_matcher"):
+    recorded = _recorded_groups(inner)
+    if recorded is not None:  # a truncated model: the stages it kept, as recorded when it was cut
+        groups, family = recorded
+    elif timm_model is not None and hasattr(timm_model, "group_matcher"):
         groups, family = _timm_groups(timm_model, timm_prefix)
     else:
         groups, family = _structural_groups(inner, timm_model, timm_prefix)
@@ -229,6 +237,36 @@ def split_stages(model: nn.Module) -> StageMap:
         ", ".join(f"{s.name}[{len(s.param_names)}]" for s in stage_map.stages),
     )
     return stage_map
+
+
+def token_pooling(model: nn.Module) -> str:
+    """How the model's head turns a token sequence `[B, N, D]` into one vector: `"cls"` (the first token: ViT, DeiT,
+    DINOv2, BEiT without mean pooling, timm models with `global_pool="token"`) or `"mean"` (Swin, CLIP, BEiT with
+    mean pooling, everything else)."""
+    inner, _ = _unwrap_peft(model)
+    timm_model, _ = _find_timm_model(inner)
+    if timm_model is not None:
+        return "cls" if getattr(timm_model, "global_pool", None) == "token" else "mean"
+    config = getattr(inner, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type == "beit":
+        return "mean" if getattr(config, "use_mean_pooling", False) else "cls"
+    return "cls" if model_type in _CLS_POOLING_FAMILIES else "mean"
+
+
+def channels_last(module: nn.Module) -> bool:
+    """Whether a module's 4-D output is `[B, H, W, C]` (timm modules that declare `output_fmt="NHWC"`: ViT patch
+    embeddings with dynamic image size, Swin / MaxViT stages) rather than PyTorch's `[B, C, H, W]`."""
+    fmt = getattr(module, "output_fmt", None)
+    return getattr(fmt, "value", fmt) == "NHWC"
+
+
+def _recorded_groups(model: nn.Module) -> tuple[list[tuple[str, list[str]]], str] | None:
+    """The stages a truncated model recorded in its config (`TRUNCATION_FIELD`): only the kept ones exist."""
+    record = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
+    if not record or "stages" not in record:
+        return None
+    return [(name, list(prefixes)) for name, prefixes in record["stages"]], record["family"]
 
 
 def _unwrap_peft(model: nn.Module) -> tuple[nn.Module, str]:
