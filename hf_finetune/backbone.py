@@ -517,6 +517,40 @@ def _build_stage_map(model: nn.Module, groups: list[tuple[str, list[str]]], fami
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Stage names and indices (`--truncate-after`, `--train-stages`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def valid_stages_text(stage_map: StageMap) -> str:
+    """`0=embeddings, 1=blocks.0, ...`: the backbone stages a flag may name, by index and name."""
+    return ", ".join(f"{index}={stage.name}" for index, stage in enumerate(stage_map.backbone))
+
+
+def resolve_stages(stage_map: StageMap, value: str, flag: str, model_name: str) -> list[str]:
+    """Backbone stage names from a comma-separated list of stage names or indices (input to output, embeddings = 0).
+
+    Raises:
+        `ValueError`: an entry is no backbone stage (the message lists the valid ones), or the list is empty.
+    """
+    names = [stage.name for stage in stage_map.backbone]
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"`{flag}` {value!r} names no stage. Valid stages of {model_name!r} (index=name): {valid_stages_text(stage_map)}.")
+    resolved = []
+    for item in items:
+        if item.isdigit() and int(item) < len(names):
+            resolved.append(names[int(item)])
+        elif item in names:
+            resolved.append(item)
+        else:
+            raise ValueError(
+                f"`{flag}` {item!r} is not a backbone stage of {model_name!r}. Valid stages (index=name, input to "
+                f"output): {valid_stages_text(stage_map)}."
+            )
+    return list(dict.fromkeys(resolved))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Weight decay
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -763,6 +797,12 @@ def load_model_and_processor(
             labels["num_labels"] = len(id2label)
         config = _load_config(model_name_or_path, hub_kwargs, **labels)
         model_cls, extra = transformers.AutoModelForImageClassification, {}
+        if getattr(config, TRUNCATION_FIELD, None):
+            # A model truncated by hf_finetune: rebuilt with hf_finetune's own copy of its class, never with the
+            # modeling file stored next to it.
+            from .truncation import load_truncated
+
+            model_cls = load_truncated(config)
     if model_type == "timm_wrapper" and getattr(config, "label_names", None) is not None:
         # A label_names list from the checkpoint would be saved back and reload as LABEL_0.. instead of our labels.
         del config.label_names

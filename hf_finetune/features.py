@@ -199,18 +199,15 @@ class FeatureTaps:
         stage = next(s for s in self.stages if s.name == name)
         return [f"stage:{name}", f"pool:{self.pooling[name]}", *stage.module_names]
 
-    @torch.inference_mode()
-    def extract(self, processor: Any, images: list[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
-        """Runs `images` through the model (eval mode); returns float32 `[len(images), dim]` per name in `names`."""
-        images = list(images)  # a datasets Column slices lazily; a list is what the processor takes
-        head: list[list[torch.Tensor]] = [[] for _ in self.head_layers]
+    def capture(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass of `pixels` (the model's mode is left as it is): the captured vectors by name."""
+        head: list[torch.Tensor | None] = [None] * len(self.head_layers)
         latest: dict[str, tuple[int, torch.Tensor]] = {}
-        stage_parts: dict[str, list[torch.Tensor]] = {s.name: [] for s in self.stages}
         calls = iter(range(1 << 62))
 
         def head_hook(index: int):
             def capture(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-                head[index].append(inputs[0].detach().flatten(1).float().cpu())
+                head[index] = inputs[0].detach().flatten(1).float().cpu()
 
             return capture
 
@@ -227,6 +224,28 @@ class FeatureTaps:
         handles = [module.register_forward_pre_hook(head_hook(i)) for i, (_, module) in enumerate(self.head_layers)]
         for stage in self.stages:
             handles += [modules[m].register_forward_hook(stage_hook(stage.name)) for m in stage.module_names]
+        try:
+            with torch.no_grad():
+                self.model(pixel_values=pixels)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [s.name for s in self.stages if s.name not in latest]
+        if missing:
+            raise RuntimeError(
+                f"Stage(s) {', '.join(missing)} of {type(self.model).__name__} produced no output in a forward pass: "
+                "their features cannot be captured."
+            )
+        return {self.HEAD: torch.cat(head, dim=1), **{name: latest[name][1] for name in self.names[1:]}}
+
+    @torch.inference_mode()
+    def extract(self, processor: Any, images: list[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Runs `images` through the model (eval mode); returns float32 `[len(images), dim]` per name in `names`."""
+        images = list(images)  # a datasets Column slices lazily; a list is what the processor takes
+        if not images:
+            width = sum(m.in_features for _, m in self.head_layers)
+            return {name: np.zeros((0, width if name == self.HEAD else 0), dtype=np.float32) for name in self.names}
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
@@ -234,25 +253,11 @@ class FeatureTaps:
             for start in range(0, len(images), batch_size):
                 batch = [to_rgb(image) for image in images[start : start + batch_size]]
                 pixels = processor(batch, return_tensors="pt")["pixel_values"].to(device)
-                latest.clear()
-                self.model(pixel_values=pixels)
-                for name in stage_parts:
-                    if name not in latest:
-                        raise RuntimeError(
-                            f"Stage `{name}` of {type(self.model).__name__} produced no output in a forward pass: "
-                            "its features cannot be captured."
-                        )
-                    stage_parts[name].append(latest[name][1])
+                for name, vectors in self.capture(pixels).items():
+                    parts[name].append(vectors)
         finally:
-            for handle in handles:
-                handle.remove()
             self.model.train(was_training)
-        if not images:
-            width = sum(m.in_features for _, m in self.head_layers)
-            return {name: np.zeros((0, width if name == self.HEAD else 0), dtype=np.float32) for name in self.names}
-        result = {self.HEAD: torch.cat([torch.cat(parts) for parts in head], dim=1).numpy().astype(np.float32)}
-        result.update({name: torch.cat(parts).numpy().astype(np.float32) for name, parts in stage_parts.items()})
-        return result
+        return {name: torch.cat(chunks).numpy().astype(np.float32) for name, chunks in parts.items()}
 
 
 def extract_features(
