@@ -206,7 +206,8 @@ class FinetuneArguments:
             "help": "Cut the backbone after this stage (a name such as blocks.3, or an index: embeddings = 0): the "
             "stages above are removed, the head reads the cut. 'auto' = where the stage probe's best stage beats the "
             "top one by more than the cross-validation noise (small data); 'none' = full depth. Default: auto with "
-            "--strategy auto, else none. A truncated model loads with trust_remote_code=True."
+            "--strategy auto, else none. A truncated model is reloaded with the Auto classes by allowing its saved "
+            "modeling file to run (see the model card)."
         },
     )
     train_stages: str | None = field(
