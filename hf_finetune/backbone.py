@@ -209,7 +209,8 @@ def split_stages(model: nn.Module) -> StageMap:
     the classifier adds around the backbone is the head. MobileNetV2 and EfficientNet blocks are grouped into their
     resolution stages. timm models (also inside `TimmWrapperForImageClassification`) are split with their own
     `group_matcher(coarse=True)`; the head is `get_classifier()`. Stages without parameters are left out, so a model
-    with no final norm (ResNet) has no `norm` stage.
+    with no final norm (ResNet) has no `norm` stage. A model cut by `truncation.truncate_model` has the stages it
+    recorded in its config: the kept ones and the head.
 
     Args:
         model (`torch.nn.Module`):

@@ -86,10 +86,15 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, num_labels: int, C: float, seed:
     return weight, bias
 
 
-def _search_c(
-    train: FeatureSet, validation: FeatureSet, num_labels: int, c_grid: tuple[float, ...], seed: int, class_weight: str | None
+def search_c(
+    train: FeatureSet, validation: FeatureSet, num_labels: int, c_grid: tuple[float, ...] = PROBE_C_GRID, seed: int = 0, class_weight: str | None = None
 ) -> tuple[np.ndarray, float, dict[float, float], dict[float, tuple[np.ndarray, np.ndarray]]]:
-    """Standardises on `train` and fits one probe per `C`: (mean, scale, {C: validation macro-F1}, {C: (weight, bias)})."""
+    """Standardises on `train` and fits one probe per `C`, quietly (the stage probe calls it per fold and stage).
+
+    Returns:
+        `(mean, scale, {C: validation macro-F1}, {C: (weight, bias)})`: the standardisation and, per `C`, the score
+        on `validation` and the fit on standardised features.
+    """
     if len(np.unique(train.labels)) < 2:
         raise ValueError("The linear probe needs at least 2 classes in the training split.")
     mean, std = _standardiser(train.features)
@@ -108,20 +113,6 @@ def _search_c(
 def best_c(candidates: dict[float, float]) -> float:
     """The `C` with the best score; ties go to the stronger regularisation (smaller `C`)."""
     return max(candidates, key=lambda C: (round(candidates[C], 6), -C))
-
-
-def probe_scores(
-    train: FeatureSet,
-    validation: FeatureSet,
-    num_labels: int,
-    *,
-    c_grid: tuple[float, ...] = PROBE_C_GRID,
-    seed: int = 0,
-    class_weight: str | None = None,
-) -> dict[float, float]:
-    """Validation macro-F1 of the linear probe fitted on `train`, for every `C` of `c_grid` (quietly: the stage
-    probe calls this once per fold and stage)."""
-    return _search_c(train, validation, num_labels, c_grid, seed, class_weight)[2]
 
 
 def fit_linear_probe(
@@ -147,7 +138,7 @@ def fit_linear_probe(
         `LinearProbe` with the standardisation folded into its weights.
     """
     start = time.perf_counter()
-    mean, std, candidates, fits = _search_c(train, validation, num_labels, c_grid, seed, class_weight)
+    mean, std, candidates, fits = search_c(train, validation, num_labels, c_grid, seed, class_weight)
     best = best_c(candidates)
     weight, bias = fits[best]
     # Fold the scaling in: w.(x - m)/s + b = (w/s).x + (b - (w/s).m).

@@ -421,7 +421,7 @@ def compute_split_features(
     taps = FeatureTaps(model, split_stages(model), stages=stages)
     # A truncated model's head reads another stage than the full model of the same checkpoint.
     truncation = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
-    suffix = [f"truncated-after:{truncation['after']}"] if truncation else []
+    suffix = [f"truncated:{json.dumps({k: truncation[k] for k in ('after', 'keep', 'identity', 'linear')}, sort_keys=True)}"] if truncation else []
     model_keys = {
         name: model_cache_key(model_name_or_path, revision, processor, taps.hook_points(name) + suffix) for name in taps.names
     }

@@ -72,6 +72,22 @@ def load_model(
     return model, processor
 
 
+def feature_pass(
+    model: torch.nn.Module,
+    processor: Any,
+    splits: DataSplits,
+    model_args: ModelArguments,
+    cache_dir: str | None,
+    batch_size: int,
+    stages: bool = False,
+) -> SplitFeatures:
+    """The cached feature pass of `--model` over the splits (see `features.compute_split_features`)."""
+    return compute_split_features(
+        model, processor, splits, model_name_or_path=model_args.model, revision=model_args.revision, cache_dir=cache_dir,
+        batch_size=batch_size, stages=stages,
+    )
+
+
 def _wants_stage_probe(finetune_args: FinetuneArguments) -> bool:
     """The advisor decides the depth: `--truncate-after auto`, or left unset under `--strategy auto`."""
     return finetune_args.truncate_after == TRUNCATE_AUTO or (finetune_args.truncate_after is None and finetune_args.strategy == AUTO)
@@ -109,21 +125,14 @@ def prepare_recipe(
     stage_probe = _wants_stage_probe(finetune_args)
     requested_cut = finetune_args.truncate_after
 
-    def feature_pass(stages: bool = False) -> SplitFeatures:
-        return compute_split_features(
-            result.model,
-            processor,
-            splits,
-            model_name_or_path=model_args.model,
-            revision=model_args.revision,
-            cache_dir=finetune_args.feature_cache_dir,
-            batch_size=training_args.per_device_eval_batch_size,
-            stages=stages,
+    def features_of(model: torch.nn.Module, stages: bool = False) -> SplitFeatures:
+        return feature_pass(
+            model, processor, splits, model_args, finetune_args.feature_cache_dir, training_args.per_device_eval_batch_size, stages
         )
 
     if _needs_features(finetune_args, undecided) or stage_probe:
         # One forward pass: the head's input and, for the advisor's depth decision, every stage's output.
-        result.features = feature_pass(stages=stage_probe)
+        result.features = features_of(result.model, stages=stage_probe)
         result.record["features"] = result.features.summary()
 
     if undecided:
@@ -160,7 +169,7 @@ def prepare_recipe(
         truncate_model(result.model, finetune_args.truncate_after, model_args.model)
     if cut_now and result.features is not None:
         # The head now reads the cut: the baseline and the probe head are fitted on the truncated model's features.
-        result.features = feature_pass()
+        result.features = features_of(result.model)
         result.record["features"] = {**result.features.summary(), "full_depth": result.record["features"]}
 
     if result.features is not None:

@@ -2,7 +2,7 @@
 
 One forward pass over the data (`features.FeatureTaps`, each stage cached under its own key) gives the pooled
 output of every stage the backbone adapter knows (`split_stages(...).backbone`: embeddings, blocks.i, norm). A
-linear probe, the baseline's logistic regression (`baseline.probe_scores`), is scored on each stage's train
+linear probe, the baseline's logistic regression (`baseline.search_c`), is scored on each stage's train
 features under stratified k-fold cross-validation (train split only: validation and test are never looked at), with
 the regularisation `C` chosen per stage by its mean CV macro-F1. The curve says where the pretrained features stop
 helping: on data far from the pretraining domain, a middle stage can beat the top one (the case for truncation,
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .arguments import DataArguments, ModelArguments
-from .baseline import PROBE_C_GRID, best_c, probe_scores
+from .baseline import PROBE_C_GRID, best_c, search_c
 from .features import FeatureSet
 
 logger = logging.getLogger(__name__)
@@ -141,9 +141,7 @@ def probe_stages(
     for index, (name, features) in enumerate(stage_features.items()):
         x = features.features
         per_fold = [
-            probe_scores(
-                FeatureSet(x[train], labels[train]), FeatureSet(x[held], labels[held]), num_labels, c_grid=c_grid, seed=seed
-            )
+            search_c(FeatureSet(x[train], labels[train]), FeatureSet(x[held], labels[held]), num_labels, c_grid, seed)[2]
             for train, held in splits
         ]
         means = {C: float(np.mean([fold[C] for fold in per_fold])) for C in c_grid}
@@ -201,21 +199,11 @@ class StageProbeArguments:
 def run_stage_probe(model_args: ModelArguments, data_args: DataArguments, args: StageProbeArguments) -> StageProbe:
     """Loads the splits and the model, runs the feature pass (every stage) and the probe, writes the results."""
     from .data import load_splits
-    from .features import compute_split_features
-    from .recipe import load_model
+    from .recipe import feature_pass, load_model
 
     splits = load_splits(data_args, seed=args.seed)
     model, processor = load_model(model_args, splits, None, args.seed)
-    features = compute_split_features(
-        model,
-        processor,
-        splits,
-        model_name_or_path=model_args.model,
-        revision=model_args.revision,
-        cache_dir=args.feature_cache_dir,
-        batch_size=args.batch_size,
-        stages=True,
-    )
+    features = feature_pass(model, processor, splits, model_args, args.feature_cache_dir, args.batch_size, stages=True)
     probe = probe_stages(features.stages, len(splits.labels), folds=args.folds, seed=args.seed)
     if probe is None:
         raise ValueError(

@@ -229,8 +229,9 @@ def plan_truncation(model: nn.Module, after: str, model_name: str = "the model")
         model.train(was_training)
     above = stage_map.backbone[index + 1 :]
     top_block = next(s.name for s in reversed(stage_map.backbone) if s.name != NORM)
-    # A final norm stays when the cut's output has the width the norm was built for (ViTs: every block has it).
-    keep_norm = any(s.name == NORM for s in above) and widths[cut] == widths[top_block]
+    # A final norm stays when blocks are removed below it and the cut's output has the width the norm was built for
+    # (ViTs: every block has it); a cut at the top block itself asks for the norm stage to go.
+    keep_norm = any(s.name == NORM for s in above) and cut != top_block and widths[cut] == widths[top_block]
     removed = [s for s in above if not (s.name == NORM and keep_norm)]
 
     modules = dict(model.named_modules())

@@ -91,6 +91,15 @@ def test_the_head_reads_the_cut(tiny_checkpoint):
     assert torch.allclose(head_input, cut_features, atol=1e-6)
 
 
+@pytest.mark.parametrize(("kind", "cut", "norm"), [("vit", "blocks.1", "vit.layernorm"), ("mobilenet_v2", "blocks.5", "mobilenet_v2.conv_1x1")])
+def test_a_cut_at_the_top_block_removes_the_norm_stage(kind, cut, norm, tiny_checkpoint):
+    model, _ = load_model_and_processor(tiny_checkpoint(kind), LABELS)
+    record = truncate_model(model, cut)
+    assert record["removed_stages"] == ["norm"] and record["identity"] == [norm]
+    assert record["parameters"]["after"] < record["parameters"]["before"]
+    assert isinstance(model.get_submodule(norm), torch.nn.Identity)
+
+
 def test_truncation_errors(tiny_checkpoint):
     model, _ = load_model_and_processor(tiny_checkpoint("resnet"), LABELS)
     with pytest.raises(ValueError) as err:
