@@ -146,3 +146,22 @@ def test_cli_run_with_truncation(tiny_checkpoint, tmp_path):
     assert classifier(Image.open(test_images[0]))[0]["label"] in report["labels"]
     # The demo loads the truncated model (trusting its code because it is an hf_finetune truncation).
     assert len(load_app().load_classifier(str(out)).model.vit.layers) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_shared_models_truncate_and_reload(name, tmp_path):
+    """The real checkpoints: transformers-native MobileNetV2 (no depth field in its config) and timm EfficientNet-Lite0."""
+    from transformers import AutoModelForImageClassification, pipeline
+
+    from conftest import SHARED
+
+    model, processor = load_model_and_processor(str(SHARED / "models" / name), {0: "normal", 1: "pneumonia"})
+    record = truncate_model(model, "blocks.3")
+    assert record["parameters"]["after"] < record["parameters"]["before"]
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    pixels = processor(_image(), return_tensors="pt")["pixel_values"]
+    expected = _logits(model, pixels)
+    assert torch.equal(_logits(AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=True), pixels), expected)
+    assert torch.equal(_logits(pipeline("image-classification", model=str(tmp_path), trust_remote_code=True).model, pixels), expected)
