@@ -29,12 +29,15 @@ from .monitor import GapMonitorCallback, TrainPredictionLog
 from .param_groups import build_param_groups, stage_learning_rates
 from .run import RunResult, build_trainer, prepare_run, run_finetune
 from .schedule_log import ScheduleRecorderCallback
+from .stage_probe import StageProbe, probe_stages
 from .trainer import FinetuneTrainer
+from .truncation import truncate_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchMixer",
+    "StageProbe",
     "DataArguments",
     "DataSplits",
     "DatasetMeasurements",
@@ -78,6 +81,7 @@ __all__ = [
     "measure_dataset",
     "no_weight_decay_names",
     "plan_recipe",
+    "probe_stages",
     "prepare_run",
     "push_to_hub",
     "run_finetune",
@@ -86,6 +90,7 @@ __all__ = [
     "set_trainable_stages",
     "split_stages",
     "stage_learning_rates",
+    "truncate_model",
     "tunable_parameter_names",
     "unfreeze_units",
     "write_model_card",

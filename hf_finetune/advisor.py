@@ -60,7 +60,15 @@ MAX_EPOCHS = {"small": 20, "large": 12}
 ADVISOR_FIELDS = (
     "strategy", "layer_decay", "head_init", "head_epochs", "top_k", "num_train_epochs", "stages_per_unfreeze",
     "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
+    "truncate_after",
 )
+# Truncation (`truncate_after`) is proposed for small data when the stage probe's best block beats the top stage by
+# more than TRUNCATION_NOISE_SE standard errors of the fold-paired difference (every stage is scored on the same CV
+# folds) and by at least MIN_TRUNCATION_GAIN macro-F1: a smaller gain is not worth the lost capacity.
+TRUNCATION_NOISE_SE = 2.0
+MIN_TRUNCATION_GAIN = 0.01
+# Values of the depth fields that are not a stage (see FinetuneArguments.truncate_after).
+_UNDECIDED = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
 
 # Advisor fields that only one strategy reads: left undecided under another strategy, they need no advisor.
 USED_ONLY_BY = {"top_k": "top_k", "stages_per_unfreeze": "head_then_unfreeze", "head_epochs": "head_then_unfreeze"}
@@ -94,6 +102,8 @@ class DatasetMeasurements:
         forward_images_per_second (`float`, *optional*): measured forward throughput, preprocessing included.
         backbone_units (`int`): unfreeze units of the backbone (top first).
         feature_dim (`int`): size of the frozen features.
+        stage_probe (`dict`, *optional*): the stage probe curve (`StageProbe.to_dict()`: CV macro-F1 per backbone
+            stage); None when it did not run.
     """
 
     num_train: int
@@ -107,6 +117,7 @@ class DatasetMeasurements:
     forward_images_per_second: float | None
     backbone_units: int
     feature_dim: int = 0
+    stage_probe: dict[str, Any] | None = None
 
     @property
     def images_per_class(self) -> float:
@@ -294,6 +305,39 @@ _STRATEGY_REASONS = {
 }
 
 
+def propose_truncation(m: DatasetMeasurements) -> tuple[str, str]:
+    """(`truncate_after` value, reason): the best block of the stage probe when it clearly beats the top stage on
+    small data, else `"none"`. The rule: best - top (mean CV macro-F1) > TRUNCATION_NOISE_SE x the standard error of
+    the fold-paired difference, and >= MIN_TRUNCATION_GAIN."""
+    from .stage_probe import StageProbe, paired_difference
+
+    if not m.stage_probe:
+        return "none", "full depth: no stage probe ran (it runs with --strategy auto or --truncate-after auto, given 2+ train images per class)"
+    probe = StageProbe.from_dict(m.stage_probe)
+    top = probe.top
+    blocks = [s for s in probe.stages if s.name.startswith("blocks.") and s.name != top.name]
+    if not blocks:
+        return "none", f"full depth: the stage probe found no block below the top stage {top.name}"
+    best = max(reversed(blocks), key=lambda s: s.macro_f1_mean)
+    diff, se = paired_difference(best, top)
+    curve = (
+        f"stage probe ({probe.folds}-fold CV macro-F1): best block {best.name} {best.macro_f1_mean:.3f} vs top "
+        f"{top.name} {top.macro_f1_mean:.3f}, difference {diff:+.3f} (fold-paired SE {se:.3f})"
+    )
+    if diff <= TRUNCATION_NOISE_SE * se or diff < MIN_TRUNCATION_GAIN:
+        return "none", (
+            f"full depth: {curve} is within the CV noise (truncation needs > {TRUNCATION_NOISE_SE:g} SE and >= "
+            f"{MIN_TRUNCATION_GAIN:g})"
+        )
+    if m.size != "small":
+        return "none", f"full depth: {curve}, but {m.images_per_class:.0f} images per class are enough to adapt the top stages"
+    removed = len(probe.stages) - 1 - best.index
+    return best.name, (
+        f"{curve} > {TRUNCATION_NOISE_SE:g} SE: the top stages' features do not transfer to this small dataset; cut "
+        f"after {best.name}, removing {removed} stage(s) (--truncate-after none keeps full depth)"
+    )
+
+
 def _trainable_share(strategy: str, top_k: int, units: int) -> float:
     """Average share of the backbone that trains (and costs a backward pass) under `strategy`."""
     return {"linear_probe": 0.0, "top_k": min(1.0, top_k / units), "head_then_unfreeze": 0.75, "full": 1.0}[strategy]
@@ -329,7 +373,7 @@ def plan_recipe(
         augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance, fix_bn_stats,
         num_train_epochs (the names in `ADVISOR_FIELDS`).
     """
-    fixed = {k: v for k, v in (fixed or {}).items() if v is not None and not (k == "strategy" and v == AUTO)}
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None and v not in _UNDECIDED.get(k, ())}
     case = (m.size, m.domain)
     defaults = _CASES[case]
     plan = RecipePlan(measurements=m, case=f"{m.size} + {m.domain}")
@@ -347,7 +391,11 @@ def plan_recipe(
             plan.choices[name] = Choice(value, reason)
         return plan.choices[name].value
 
+    cut = choose("truncate_after", *propose_truncation(m))
     units = max(1, m.backbone_units)
+    if plan.choices["truncate_after"].source == "advisor" and cut != "none":
+        # The advisor's cut removes stages after the measurement: the unfreeze units are the kept stages.
+        units = 1 + next(s["index"] for s in m.stage_probe["stages"] if s["name"] == cut)
     default_top_k = max(1, math.ceil(units / 3))
     proposed = defaults["strategy"]
     strategy_why = f"{_STRATEGY_REASONS[proposed]} [{size_why}; {domain_why}]"
@@ -478,6 +526,6 @@ def apply_recorded_plan(recorded: dict[str, Any], data_args: Any, finetune_args:
 
 
 def explicit_fields(data_args: Any, finetune_args: Any, training_args: Any) -> dict[str, Any]:
-    """The advisor-managed fields the user set (not None; strategy not "auto")."""
+    """The advisor-managed fields the user set (not None; strategy / truncate_after not "auto")."""
     fixed = {name: getattr(_owner(name, data_args, finetune_args, training_args), name) for name in ADVISOR_FIELDS}
-    return {k: v for k, v in fixed.items() if v is not None and not (k == "strategy" and v == AUTO)}
+    return {k: v for k, v in fixed.items() if v is not None and v not in _UNDECIDED.get(k, ())}

@@ -200,6 +200,24 @@ class FinetuneArguments:
     top_k: int | None = field(
         default=None, metadata={"help": f"top_k: number of top backbone stages trained with the head ({_ADVISOR})."}
     )
+    truncate_after: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cut the backbone after this stage (a name such as blocks.3, or an index: embeddings = 0): the "
+            "stages above are removed, the head reads the cut. 'auto' = where the stage probe's best stage beats the "
+            "top one by more than the cross-validation noise (small data); 'none' = full depth. Default: auto with "
+            "--strategy auto, else none. A truncated model is reloaded with the Auto classes by allowing its saved "
+            "modeling file to run (see the model card)."
+        },
+    )
+    train_stages: str | None = field(
+        default=None,
+        metadata={
+            "help": "Surgical fine-tuning: comma-separated backbone stages (names such as blocks.0,blocks.1 or indices "
+            "such as 1,2) that train for the whole run, with the head; every other stage stays frozen. Layer-wise LR "
+            "decay applies within them (the highest listed stage gets --learning-rate). Implies --strategy full."
+        },
+    )
     unfreeze_warmup_epochs: float = field(
         default=0.5,
         metadata={"help": "A newly unfrozen stage ramps its LR linearly from 0 over this many epochs instead of jumping."},
@@ -362,12 +380,30 @@ class FinetuneArguments:
             raise ValueError(f"`--kfold` must be 0 (off) or at least 2 folds, got {self.kfold}.")
         if self.unfreeze_warmup_epochs < 0:
             raise ValueError(f"`--unfreeze-warmup-epochs` must be >= 0, got {self.unfreeze_warmup_epochs}.")
+        self._check_depth()
         if self.unfreeze_on_plateau and self.strategy != "head_then_unfreeze":
             raise ValueError(
                 f"`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`, got {self.strategy!r}: "
                 "drop the flag or switch the strategy."
             )
         self._check_peft()
+
+    def _check_depth(self) -> None:
+        """`--truncate-after` / `--train-stages`: values that can be checked before the model is loaded."""
+        if self.truncate_after is not None and not self.truncate_after.strip():
+            raise ValueError("`--truncate-after` is empty: pass a stage name or index, 'auto' or 'none'.")
+        if self.train_stages is None:
+            return
+        if not [s for s in self.train_stages.split(",") if s.strip()]:
+            raise ValueError(f"`--train-stages` names no stage, got {self.train_stages!r}: pass e.g. 'blocks.0,blocks.1' or '1,2'.")
+        if self.strategy == AUTO:
+            self.strategy = "full"  # the listed stages train from the first step to the last
+        elif self.strategy != "full":
+            raise ValueError(
+                f"`--train-stages` trains the listed stages for the whole run, which `--strategy {self.strategy}` "
+                f"contradicts ({'it never trains the backbone' if self.strategy == 'linear_probe' else 'it picks the trainable stages itself'}): "
+                "drop `--strategy` (or pass `--strategy full`), or drop `--train-stages`."
+            )
 
     def _check_peft(self) -> None:
         if self.peft not in PEFT_METHODS:

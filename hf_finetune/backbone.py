@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 EMBEDDINGS = "embeddings"
 NORM = "norm"
 HEAD = "head"
+# Config field of a model truncated by `truncation.truncate_model` (the cut, what was removed, the kept stages).
+TRUNCATION_FIELD = "hf_finetune_truncation"
+
+# Families whose head reads the CLS token of the last hidden state (the others average tokens or feature maps).
+_CLS_POOLING_FAMILIES = frozenset({"vit", "deit", "dinov2", "dinov2_with_registers", "data2vec-vision"})
 
 # Families split_stages knows and the tests pin down; anything else still goes through the same structural split,
 # flagged "generic" with a warning so the user checks the stage table.
@@ -204,7 +209,8 @@ def split_stages(model: nn.Module) -> StageMap:
     the classifier adds around the backbone is the head. MobileNetV2 and EfficientNet blocks are grouped into their
     resolution stages. timm models (also inside `TimmWrapperForImageClassification`) are split with their own
     `group_matcher(coarse=True)`; the head is `get_classifier()`. Stages without parameters are left out, so a model
-    with no final norm (ResNet) has no `norm` stage.
+    with no final norm (ResNet) has no `norm` stage. A model cut by `truncation.truncate_model` has the stages it
+    recorded in its config: the kept ones and the head.
 
     Args:
         model (`torch.nn.Module`):
@@ -215,7 +221,10 @@ def split_stages(model: nn.Module) -> StageMap:
     """
     inner, prefix = _unwrap_peft(model)
     timm_model, timm_prefix = _find_timm_model(inner)
-    if timm_model is not None and hasattr(timm_model, "group_matcher"):
+    recorded = _recorded_groups(inner)
+    if recorded is not None:  # a truncated model: the stages it kept, as recorded when it was cut
+        groups, family = recorded
+    elif timm_model is not None and hasattr(timm_model, "group_matcher"):
         groups, family = _timm_groups(timm_model, timm_prefix)
     else:
         groups, family = _structural_groups(inner, timm_model, timm_prefix)
@@ -229,6 +238,36 @@ def split_stages(model: nn.Module) -> StageMap:
         ", ".join(f"{s.name}[{len(s.param_names)}]" for s in stage_map.stages),
     )
     return stage_map
+
+
+def token_pooling(model: nn.Module) -> str:
+    """How the model's head turns a token sequence `[B, N, D]` into one vector: `"cls"` (the first token: ViT, DeiT,
+    DINOv2, BEiT without mean pooling, timm models with `global_pool="token"`) or `"mean"` (Swin, CLIP, BEiT with
+    mean pooling, everything else)."""
+    inner, _ = _unwrap_peft(model)
+    timm_model, _ = _find_timm_model(inner)
+    if timm_model is not None:
+        return "cls" if getattr(timm_model, "global_pool", None) == "token" else "mean"
+    config = getattr(inner, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type == "beit":
+        return "mean" if getattr(config, "use_mean_pooling", False) else "cls"
+    return "cls" if model_type in _CLS_POOLING_FAMILIES else "mean"
+
+
+def channels_last(module: nn.Module) -> bool:
+    """Whether a module's 4-D output is `[B, H, W, C]` (timm modules that declare `output_fmt="NHWC"`: ViT patch
+    embeddings with dynamic image size, Swin / MaxViT stages) rather than PyTorch's `[B, C, H, W]`."""
+    fmt = getattr(module, "output_fmt", None)
+    return getattr(fmt, "value", fmt) == "NHWC"
+
+
+def _recorded_groups(model: nn.Module) -> tuple[list[tuple[str, list[str]]], str] | None:
+    """The stages a truncated model recorded in its config (`TRUNCATION_FIELD`): only the kept ones exist."""
+    record = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
+    if not record or "stages" not in record:
+        return None
+    return [(name, list(prefixes)) for name, prefixes in record["stages"]], record["family"]
 
 
 def _unwrap_peft(model: nn.Module) -> tuple[nn.Module, str]:
@@ -479,6 +518,40 @@ def _build_stage_map(model: nn.Module, groups: list[tuple[str, list[str]]], fami
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Stage names and indices (`--truncate-after`, `--train-stages`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def valid_stages_text(stage_map: StageMap) -> str:
+    """`0=embeddings, 1=blocks.0, ...`: the backbone stages a flag may name, by index and name."""
+    return ", ".join(f"{index}={stage.name}" for index, stage in enumerate(stage_map.backbone))
+
+
+def resolve_stages(stage_map: StageMap, value: str, flag: str, model_name: str) -> list[str]:
+    """Backbone stage names from a comma-separated list of stage names or indices (input to output, embeddings = 0).
+
+    Raises:
+        `ValueError`: an entry is no backbone stage (the message lists the valid ones), or the list is empty.
+    """
+    names = [stage.name for stage in stage_map.backbone]
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"`{flag}` {value!r} names no stage. Valid stages of {model_name!r} (index=name): {valid_stages_text(stage_map)}.")
+    resolved = []
+    for item in items:
+        if item.isdigit() and int(item) < len(names):
+            resolved.append(names[int(item)])
+        elif item in names:
+            resolved.append(item)
+        else:
+            raise ValueError(
+                f"`{flag}` {item!r} is not a backbone stage of {model_name!r}. Valid stages (index=name, input to "
+                f"output): {valid_stages_text(stage_map)}."
+            )
+    return list(dict.fromkeys(resolved))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Weight decay
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -725,6 +798,12 @@ def load_model_and_processor(
             labels["num_labels"] = len(id2label)
         config = _load_config(model_name_or_path, hub_kwargs, **labels)
         model_cls, extra = transformers.AutoModelForImageClassification, {}
+        if getattr(config, TRUNCATION_FIELD, None):
+            # A model truncated by hf_finetune: rebuilt with hf_finetune's own copy of its class, never with the
+            # modeling file stored next to it.
+            from .truncation import load_truncated
+
+            model_cls = load_truncated(config)
     if model_type == "timm_wrapper" and getattr(config, "label_names", None) is not None:
         # A label_names list from the checkpoint would be saved back and reload as LABEL_0.. instead of our labels.
         del config.label_names

@@ -86,6 +86,35 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, num_labels: int, C: float, seed:
     return weight, bias
 
 
+def search_c(
+    train: FeatureSet, validation: FeatureSet, num_labels: int, c_grid: tuple[float, ...] = PROBE_C_GRID, seed: int = 0, class_weight: str | None = None
+) -> tuple[np.ndarray, float, dict[float, float], dict[float, tuple[np.ndarray, np.ndarray]]]:
+    """Standardises on `train` and fits one probe per `C`, quietly (the stage probe calls it per fold and stage).
+
+    Returns:
+        `(mean, scale, {C: validation macro-F1}, {C: (weight, bias)})`: the standardisation and, per `C`, the score
+        on `validation` and the fit on standardised features.
+    """
+    if len(np.unique(train.labels)) < 2:
+        raise ValueError("The linear probe needs at least 2 classes in the training split.")
+    mean, std = _standardiser(train.features)
+    x_train = (train.features - mean) / std
+    x_val = (validation.features - mean) / std
+    candidates: dict[float, float] = {}
+    fits = {}
+    for C in c_grid:
+        weight, bias = _fit_logistic(x_train, train.labels, num_labels, C, seed, class_weight)
+        predictions = (x_val @ weight.T + bias).argmax(axis=1)
+        candidates[C] = float(f1_score(validation.labels, predictions, average="macro", zero_division=0))
+        fits[C] = (weight, bias)
+    return mean, std, candidates, fits
+
+
+def best_c(candidates: dict[float, float]) -> float:
+    """The `C` with the best score; ties go to the stronger regularisation (smaller `C`)."""
+    return max(candidates, key=lambda C: (round(candidates[C], 6), -C))
+
+
 def fit_linear_probe(
     train: FeatureSet,
     validation: FeatureSet,
@@ -108,20 +137,9 @@ def fit_linear_probe(
     Returns:
         `LinearProbe` with the standardisation folded into its weights.
     """
-    if len(np.unique(train.labels)) < 2:
-        raise ValueError("The linear probe needs at least 2 classes in the training split.")
     start = time.perf_counter()
-    mean, std = _standardiser(train.features)
-    x_train = (train.features - mean) / std
-    x_val = (validation.features - mean) / std
-    candidates: dict[float, float] = {}
-    fits = {}
-    for C in c_grid:
-        weight, bias = _fit_logistic(x_train, train.labels, num_labels, C, seed, class_weight)
-        predictions = (x_val @ weight.T + bias).argmax(axis=1)
-        candidates[C] = float(f1_score(validation.labels, predictions, average="macro", zero_division=0))
-        fits[C] = (weight, bias)
-    best = max(c_grid, key=lambda C: (round(candidates[C], 6), -C))
+    mean, std, candidates, fits = search_c(train, validation, num_labels, c_grid, seed, class_weight)
+    best = best_c(candidates)
     weight, bias = fits[best]
     # Fold the scaling in: w.(x - m)/s + b = (w/s).x + (b - (w/s).m).
     raw_weight = weight / std

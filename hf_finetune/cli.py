@@ -68,6 +68,7 @@ SUBCOMMANDS: dict[str, str] = {
     "push": ".hub:push_main",
     "demo": ".demo:demo_main",
     "lr-find": ".lr_find:main",
+    "probe": ".stage_probe:probe_main",
 }
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbone import StageMap, split_stages
+from .backbone import EMBEDDINGS, TRUNCATION_FIELD, StageMap, channels_last, split_stages, token_pooling
 from .data import DataSplits, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class SplitFeatures:
         images_per_second (`float`, *optional*): measured forward throughput (preprocessing included) of this
             machine on this model: of this feature pass, or recorded by an earlier one in the cache; `None` when
             neither timed at least `MIN_TIMED_IMAGES` images.
+        stages (`dict[str, FeatureSet]`): pooled outputs of every backbone stage on the train split, by stage name
+            (input to output), when the feature pass captured them (`stages=True`; the stage probe).
     """
 
     train: FeatureSet
@@ -87,6 +89,7 @@ class SplitFeatures:
     computed: int
     images_per_second: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, FeatureSet] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What `run_config.json` records about the feature pass."""
@@ -133,7 +136,130 @@ def head_linear_layers(model: torch.nn.Module, stage_map: StageMap | None = None
     return found
 
 
-@torch.inference_mode()
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """The first tensor of a module's output (a tensor, a tuple/list, or a ModelOutput/dict)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def pool_stage_output(output: torch.Tensor, pooling: str = "mean", channels_last: bool = False) -> torch.Tensor:
+    """One vector per image from a stage's output: global average over H, W of a 4-D `[B, C, H, W]` map (`[B, H, W,
+    C]` when `channels_last`); the CLS token (`pooling="cls"`) or the mean over tokens of a `[B, N, D]` sequence; 2-D
+    outputs as they are."""
+    if output.ndim == 4:
+        return output.mean(dim=(1, 2) if channels_last else (2, 3))
+    if output.ndim == 3:
+        return output[:, 0] if pooling == "cls" else output.mean(dim=1)
+    return output.flatten(1)
+
+
+class FeatureTaps:
+    """Forward hooks that capture, in one forward pass, the head's input and (optionally) every backbone stage's
+    pooled output.
+
+    A stage's output is the output of the last of its modules to run (found while the forward runs, so the
+    registration order of submodules does not matter); token sequences are pooled the way the model's head pools
+    them (`backbone.token_pooling`), except the embeddings (their CLS token is the same for every image), which are
+    averaged.
+
+    Args:
+        model (`torch.nn.Module`): the image classifier.
+        stage_map (`StageMap`): its stages.
+        stages (`bool`, defaults to `False`): also capture the backbone stages' outputs.
+    """
+
+    HEAD = "head"
+
+    def __init__(self, model: torch.nn.Module, stage_map: StageMap, stages: bool = False) -> None:
+        self.model = model
+        self.head_layers = head_linear_layers(model, stage_map)
+        pooling = token_pooling(model)
+        self.stages = [s for s in stage_map.backbone if s.module_names] if stages else []
+        self.pooling = {s.name: "mean" if s.name == EMBEDDINGS else pooling for s in self.stages}
+        modules = dict(model.named_modules())
+        # timm declares NHWC outputs on the module (patch embeddings) or on the model (Swin-like stages).
+        model_nhwc = channels_last(getattr(model, "timm_model", model))
+        self.channels_last = {s.name: model_nhwc or any(channels_last(modules[m]) for m in s.module_names) for s in self.stages}
+
+    @property
+    def names(self) -> list[str]:
+        """`"head"` first, then the captured stages, input to output."""
+        return [self.HEAD, *(s.name for s in self.stages)]
+
+    def hook_points(self, name: str) -> list[str]:
+        """What a captured vector is, for the cache key: module names and pooling."""
+        if name == self.HEAD:
+            return [layer_name for layer_name, _ in self.head_layers]
+        stage = next(s for s in self.stages if s.name == name)
+        return [f"stage:{name}", f"pool:{self.pooling[name]}", *stage.module_names]
+
+    def capture(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass of `pixels` (the model's mode is left as it is): the captured vectors by name."""
+        head: list[torch.Tensor | None] = [None] * len(self.head_layers)
+        latest: dict[str, tuple[int, torch.Tensor]] = {}
+        calls = iter(range(1 << 62))
+
+        def head_hook(index: int):
+            def capture(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+                head[index] = inputs[0].detach().flatten(1).float().cpu()
+
+            return capture
+
+        def stage_hook(name: str):
+            def capture(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+                tensor = _first_tensor(output)
+                if tensor is not None:
+                    pooled = pool_stage_output(tensor.detach().float(), self.pooling[name], self.channels_last[name]).cpu()
+                    latest[name] = (next(calls), pooled)
+
+            return capture
+
+        modules = dict(self.model.named_modules())
+        handles = [module.register_forward_pre_hook(head_hook(i)) for i, (_, module) in enumerate(self.head_layers)]
+        for stage in self.stages:
+            handles += [modules[m].register_forward_hook(stage_hook(stage.name)) for m in stage.module_names]
+        try:
+            with torch.no_grad():
+                self.model(pixel_values=pixels)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [s.name for s in self.stages if s.name not in latest]
+        if missing:
+            raise RuntimeError(
+                f"Stage(s) {', '.join(missing)} of {type(self.model).__name__} produced no output in a forward pass: "
+                "their features cannot be captured."
+            )
+        return {self.HEAD: torch.cat(head, dim=1), **{name: latest[name][1] for name in self.names[1:]}}
+
+    @torch.inference_mode()
+    def extract(self, processor: Any, images: list[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Runs `images` through the model (eval mode); returns float32 `[len(images), dim]` per name in `names`."""
+        images = list(images)  # a datasets Column slices lazily; a list is what the processor takes
+        if not images:
+            width = sum(m.in_features for _, m in self.head_layers)
+            return {name: np.zeros((0, width if name == self.HEAD else 0), dtype=np.float32) for name in self.names}
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        try:
+            for start in range(0, len(images), batch_size):
+                batch = [to_rgb(image) for image in images[start : start + batch_size]]
+                pixels = processor(batch, return_tensors="pt")["pixel_values"].to(device)
+                for name, vectors in self.capture(pixels).items():
+                    parts[name].append(vectors)
+        finally:
+            self.model.train(was_training)
+        return {name: torch.cat(chunks).numpy().astype(np.float32) for name, chunks in parts.items()}
+
+
 def extract_features(
     model: torch.nn.Module, processor: Any, images: list[Any], batch_size: int = 32, stage_map: StageMap | None = None
 ) -> np.ndarray:
@@ -149,32 +275,8 @@ def extract_features(
     Returns:
         `np.ndarray` float32 `[len(images), feature_dim]` (inputs of several head layers are concatenated).
     """
-    images = list(images)  # a datasets Column slices lazily; a list is what the processor takes
-    layers = head_linear_layers(model, stage_map)
-    captured: list[list[torch.Tensor]] = [[] for _ in layers]
-
-    def hook(index: int):
-        def capture(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            captured[index].append(inputs[0].detach().flatten(1).float().cpu())
-
-        return capture
-
-    handles = [module.register_forward_pre_hook(hook(i)) for i, (_, module) in enumerate(layers)]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = [to_rgb(image) for image in images[start : start + batch_size]]
-            pixels = processor(batch, return_tensors="pt")["pixel_values"].to(device)
-            model(pixel_values=pixels)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    if not images:
-        return np.zeros((0, sum(m.in_features for _, m in layers)), dtype=np.float32)
-    return torch.cat([torch.cat(parts) for parts in captured], dim=1).numpy().astype(np.float32)
+    taps = FeatureTaps(model, stage_map or split_stages(model))
+    return taps.extract(processor, images, batch_size)[FeatureTaps.HEAD]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -296,6 +398,7 @@ def compute_split_features(
     cache_dir: str | None = None,
     batch_size: int = 32,
     use_cache: bool = True,
+    stages: bool = False,
 ) -> SplitFeatures:
     """Features of every image of the train, validation and test splits, from the cache where possible.
 
@@ -308,73 +411,84 @@ def compute_split_features(
         cache_dir (`str`, *optional*): cache root (default: `default_feature_cache_dir()`).
         batch_size (`int`, defaults to 32): images per forward pass.
         use_cache (`bool`, defaults to `True`): read and write the disk cache.
+        stages (`bool`, defaults to `False`): also capture every backbone stage's pooled output, in the same
+            forward pass (each stage cached under its own key); returned in `SplitFeatures.stages`.
 
     Returns:
         `SplitFeatures`.
     """
     start = time.perf_counter()
-    stage_map = split_stages(model)
-    hooked = [name for name, _ in head_linear_layers(model, stage_map)]
-    model_key = model_cache_key(model_name_or_path, revision, processor, hooked)
-    cache = FeatureCache(cache_dir or default_feature_cache_dir(), model_key) if use_cache else None
-    stored = cache.load() if cache else {}
+    taps = FeatureTaps(model, split_stages(model), stages=stages)
+    # A truncated model's head reads another stage than the full model of the same checkpoint.
+    truncation = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
+    suffix = [f"truncated:{json.dumps({k: truncation[k] for k in ('after', 'keep', 'identity', 'linear')}, sort_keys=True)}"] if truncation else []
+    model_keys = {
+        name: model_cache_key(model_name_or_path, revision, processor, taps.hook_points(name) + suffix) for name in taps.names
+    }
+    root = cache_dir or default_feature_cache_dir()
+    caches = {name: FeatureCache(root, key) for name, key in model_keys.items()} if use_cache else {}
+    stored = {name: caches[name].load() if caches else {} for name in taps.names}
 
     keys_by_split = {name: image_keys(getattr(splits, name)) for name in SPLIT_NAMES}
     where: dict[str, tuple[str, int]] = {}  # image key -> (split, row) of one image that needs a forward pass
     for name in SPLIT_NAMES:
         for row, key in enumerate(keys_by_split[name]):
-            if key not in stored and key not in where:
+            if key not in where and any(key not in vectors for vectors in stored.values()):
                 where[key] = (name, row)
-    computed: dict[str, np.ndarray] = {}
+    computed: dict[str, dict[str, np.ndarray]] = {name: {} for name in taps.names}
     throughput = None
     if where:
         todo = list(where)
         rows_by_split: dict[str, list[int]] = {}
         for key in todo:
             rows_by_split.setdefault(where[key][0], []).append(where[key][1])
-        vectors = []
+        chunks: list[dict[str, np.ndarray]] = []
         forward_start = time.perf_counter()
         for name, rows in rows_by_split.items():
             view = getattr(splits, name).with_format(None)
             for offset in range(0, len(rows), 256):  # decode in chunks to bound memory
                 images = view.select(rows[offset : offset + 256])["image"]
-                vectors.append(extract_features(model, processor, images, batch_size=batch_size, stage_map=stage_map))
+                chunks.append(taps.extract(processor, images, batch_size=batch_size))
         elapsed = time.perf_counter() - forward_start
         throughput = len(todo) / elapsed if elapsed > 0 else None
         ordered = [key for name, rows in rows_by_split.items() for key in (keys_by_split[name][r] for r in rows)]
-        matrix = np.concatenate(vectors)
-        computed = dict(zip(ordered, matrix))
-        if cache:
-            cache.add(ordered, matrix)
-            if len(todo) >= MIN_TIMED_IMAGES and throughput:
-                cache.save_throughput(throughput, batch_size)
+        head_cache = caches.get(FeatureTaps.HEAD)
+        for name in taps.names:
+            matrix = np.concatenate([chunk[name] for chunk in chunks])
+            computed[name] = dict(zip(ordered, matrix))
+            if caches:
+                caches[name].add(ordered, matrix)
+        if head_cache and len(todo) >= MIN_TIMED_IMAGES and throughput:
+            head_cache.save_throughput(throughput, batch_size)
         logger.info("Feature pass: %d images through the backbone at %.1f images/s", len(ordered), throughput or 0.0)
         if len(todo) < MIN_TIMED_IMAGES:
             throughput = None
-    if throughput is None and cache:
-        throughput = cache.load_throughput()  # measured by an earlier feature pass on this machine
+    if throughput is None and caches:
+        throughput = caches[FeatureTaps.HEAD].load_throughput()  # measured by an earlier feature pass on this machine
 
-    def feature_set(name: str) -> FeatureSet:
-        keys = keys_by_split[name]
-        lookup = [computed[k] if k in computed else stored[k] for k in keys]
+    def feature_set(name: str, split: str) -> FeatureSet:
+        found, kept = computed[name], stored[name]
+        lookup = [found[k] if k in found else kept[k] for k in keys_by_split[split]]
         matrix = np.stack(lookup).astype(np.float32) if lookup else np.zeros((0, 0), dtype=np.float32)
-        labels = getattr(splits, name).with_format(None)["label"]
+        labels = getattr(splits, split).with_format(None)["label"]
         return FeatureSet(features=matrix, labels=np.asarray(labels, dtype=np.int64))
 
+    head = FeatureTaps.HEAD
     result = SplitFeatures(
-        train=feature_set("train"),
-        validation=feature_set("validation"),
-        test=feature_set("test"),
-        model_key=model_key,
+        train=feature_set(head, "train"),
+        validation=feature_set(head, "validation"),
+        test=feature_set(head, "test"),
+        model_key=model_keys[head],
         seconds=time.perf_counter() - start,
-        computed=len(computed),
+        computed=len(computed[head]),
         images_per_second=throughput,
+        stages={stage.name: feature_set(stage.name, "train") for stage in taps.stages},
     )
     logger.info(
         "Features (%s, dim %d): %d computed, %d from the cache in %s, %.1fs",
-        model_key, result.train.features.shape[1], result.computed,
+        model_keys[head], result.train.features.shape[1], result.computed,
         sum(len(getattr(result, n)) for n in SPLIT_NAMES) - result.computed,
-        cache.directory if cache else "(no cache)", result.seconds,
+        caches[head].directory if caches else "(no cache)", result.seconds,
     )
     return result
 

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from .arguments import FinetuneArguments
-from .backbone import StageMap, split_stages, tunable_parameter_names
+from .backbone import StageMap, resolve_stages, split_stages, tunable_parameter_names
 from .lr_schedule import refresh_learning_rates
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         train_bn (`bool`): BatchNorm of frozen stages keeps updating its statistics.
         fix_bn_stats (`bool`): BatchNorm of trainable stages normalises with its running statistics (eval mode).
         metric (`str`): the validation metric watched for plateaus.
+        train_stages (`str`, *optional*): surgical fine-tuning (`--train-stages`): only these backbone stages (names or
+            indices) are units, so strategy `full` trains exactly them (and the head) for the whole run.
     """
 
     def __init__(
@@ -128,8 +130,10 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         train_bn: bool = False,
         metric: str = "eval_macro_f1",
         fix_bn_stats: bool = False,
+        train_stages: str | None = None,
     ) -> None:
         self.strategy = strategy
+        self.train_stages = train_stages
         self.head_epochs = head_epochs
         self.unfreeze_every = unfreeze_every
         self.stages_per_unfreeze = stages_per_unfreeze
@@ -164,6 +168,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
             train_bn=finetune_args.train_bn,
             metric=metric,
             fix_bn_stats=bool(finetune_args.fix_bn_stats),
+            train_stages=finetune_args.train_stages,
         )
 
     def state(self) -> dict:
@@ -180,6 +185,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
                 "train_bn": self.train_bn,
                 "fix_bn_stats": self.fix_bn_stats,
                 "metric": self.metric,
+                "train_stages": self.train_stages,
             },
             "attributes": {
                 "num_unfrozen": self.num_unfrozen,
@@ -230,6 +236,9 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._stage_map = split_stages(model)
         self._units = unfreeze_units(self._stage_map)
+        if self.train_stages:  # surgical: the listed stages are the only units, each on its own, top first
+            chosen = resolve_stages(self._stage_map, self.train_stages, "--train-stages", type(model).__name__)
+            self._units = [[name] for name in reversed(chosen)]
         if self.num_unfrozen is None:
             self.num_unfrozen = self._initial_units()
             self.events.append(

@@ -184,7 +184,11 @@ def _recipe_context(recipe: Any) -> dict[str, Any] | None:
         if key.lower() in ("why", "reason", "reasons", "rationale", "explanation", "notes"):
             reasons.extend(value if isinstance(value, list) else [value])
         elif isinstance(value, dict):
-            settings.extend((f"{key}.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in value.items())
+            settings.extend(
+                (f"{key}.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+                for k, v in value.items()
+                if k != "stage_probe"  # its own table on the card
+            )
         else:
             settings.append((key, json.dumps(value) if isinstance(value, list) else str(value)))
     return {"settings": settings, "reasons": [str(r) for r in reasons]}
@@ -326,6 +330,8 @@ def build_model_card(
         freeze_events=[e for e in freeze_events if e.get("unfrozen")],
         stages=config.get("stages", []),
         recipe=_recipe_context(config.get("recipe")),
+        truncation=config.get("truncation"),
+        stage_probe=((config.get("recipe") or {}).get("measurements") or {}).get("stage_probe"),
         baseline=_baseline_context(report.get("baseline"), report),
         seeds=config.get("seeds", {}),
         versions=config.get("versions", {}),

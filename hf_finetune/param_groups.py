@@ -41,7 +41,7 @@ class GroupSpec:
 
 
 def stage_learning_rates(
-    stage_map: StageMap, base_lr: float, layer_decay: float, head_lr: float
+    stage_map: StageMap, base_lr: float, layer_decay: float, head_lr: float, only: list[str] | None = None
 ) -> dict[str, float]:
     """LR of each stage: `base_lr * layer_decay ** (D - depth)` for backbone stages (D = top depth), `head_lr` for the head.
 
@@ -50,9 +50,15 @@ def stage_learning_rates(
         base_lr (`float`): LR of the top backbone stage.
         layer_decay (`float`): factor per stage of depth below the top, in (0, 1].
         head_lr (`float`): LR of the new head.
+        only (`list[str]`, *optional*): the only backbone stages that ever train (`--train-stages`): depth then
+            counts within them, so the highest of them gets `base_lr` and each one below it one more decay factor.
     """
-    top = len(stage_map.backbone) - 1
-    rates = {stage.name: base_lr * layer_decay ** (top - depth) for depth, stage in enumerate(stage_map.backbone)}
+    backbone = [stage.name for stage in stage_map.backbone]
+    ranked = [name for name in backbone if name in only] if only else backbone
+    top = len(ranked) - 1
+    rates = {name: base_lr * layer_decay ** (top - ranked.index(name)) for name in ranked}
+    # Stages outside `only` never train; their groups keep the LR their depth would give.
+    rates.update({name: base_lr * layer_decay ** (len(backbone) - 1 - depth) for depth, name in enumerate(backbone) if name not in rates})
     rates[stage_map.head.name] = head_lr
     return rates
 
@@ -66,6 +72,7 @@ def build_param_groups(
     layer_decay: float,
     weight_decay: float,
     no_decay_names: set[str],
+    only: list[str] | None = None,
 ) -> tuple[list[dict], list[GroupSpec]]:
     """Builds one decay and one no-decay group per stage (empty ones skipped), head first.
 
@@ -79,13 +86,14 @@ def build_param_groups(
         layer_decay (`float`): layer-wise LR decay factor.
         weight_decay (`float`): weight decay of the decay groups.
         no_decay_names (`set[str]`): parameter names exempt from weight decay.
+        only (`list[str]`, *optional*): the only backbone stages that train (see `stage_learning_rates`).
 
     Returns:
         `(groups, specs)`: the torch param groups (every group starts frozen: `trainable_since=None`) and a parallel
         list of `GroupSpec` naming each group's parameters.
     """
     params = dict(model.named_parameters())
-    rates = stage_learning_rates(stage_map, base_lr, layer_decay, head_lr)
+    rates = stage_learning_rates(stage_map, base_lr, layer_decay, head_lr, only)
     groups: list[dict] = []
     specs: list[GroupSpec] = []
     for stage in reversed(stage_map.stages):

@@ -2,11 +2,13 @@
 
 `plot_lr_schedule`: the LR of every parameter group over training steps (one line per stage), unfreeze events marked.
 `plot_training_curves`: train/validation loss and validation accuracy / macro-F1 per epoch.
+`plot_stage_probe`: the stage probe's CV macro-F1 per backbone stage (`stage_probe.json`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -120,6 +122,44 @@ def plot_training_curves(schedule: dict[str, Any], path: str) -> str:
         if epochs:
             ax.set_xticks(epochs)
     fig.suptitle("Training and validation curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_stage_probe(payload: dict[str, Any], path: str) -> str:
+    """Writes the stage probe curve: CV macro-F1 (mean, std bars) per backbone stage, input to output; the best stage
+    is starred.
+
+    Args:
+        payload (`dict`): the content of `stage_probe.json` (`stages` with `name`, `macro_f1_mean`, `macro_f1_std`;
+            `best`).
+        path (`str`): the PNG to write.
+
+    Returns:
+        `str`: `path`.
+    """
+    plt = _pyplot()
+    stages = payload.get("stages", [])
+    x = np.arange(len(stages))
+    means = np.asarray([s["macro_f1_mean"] for s in stages], dtype=float)
+    stds = np.asarray([s["macro_f1_std"] for s in stages], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(stages) + 2), 4.5))
+    ax.errorbar(x, means, yerr=stds, marker="o", capsize=4, color="tab:blue", label="CV macro-F1 (mean ± std over folds)")
+    best = next((i for i, s in enumerate(stages) if s["name"] == payload.get("best")), None)
+    if best is not None:
+        ax.plot([best], [means[best]], marker="*", markersize=18, color="tab:orange", linestyle="none", label=f"best: {stages[best]['name']}")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{s['name']}\n({s['feature_dim']})" for s in stages], rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("backbone stage, input → output (pooled feature size)")
+    ax.set_ylabel("linear-probe macro-F1")
+    title = "Linear probe per backbone stage"
+    if payload.get("model"):
+        title += f"\n{os.path.basename(str(payload['model']).rstrip('/'))} on {os.path.basename(str(payload.get('dataset', '')).rstrip('/'))}"
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

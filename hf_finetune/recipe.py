@@ -23,6 +23,10 @@ from .data import DataSplits, resolve_preprocessing
 from .features import SplitFeatures, compute_split_features, head_linear_layers, measure_throughput
 from .freezing import unfreeze_units
 from .regularization import add_head_dropout
+from .stage_probe import probe_stages
+from .truncation import AUTO as TRUNCATE_AUTO
+from .truncation import NONE as TRUNCATE_NONE
+from .truncation import truncate_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +52,14 @@ class PreparedRecipe:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def load_model(model_args: ModelArguments, splits: DataSplits, drop_path_rate: float | None, seed: int) -> tuple[torch.nn.Module, Any]:
-    """Loads `--model` with a new head for the splits' labels (seeded head initialisation, optional drop-path)."""
+def load_model(
+    model_args: ModelArguments, splits: DataSplits, drop_path_rate: float | None, seed: int, truncate_after: str | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """Loads `--model` with a new head for the splits' labels (seeded head initialisation, optional drop-path), cut
+    after stage `truncate_after` when that names a stage (not None, "auto" or "none")."""
     set_seed(seed)
     overrides = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-    return load_model_and_processor(
+    model, processor = load_model_and_processor(
         model_args.model,
         splits.id2label,
         revision=model_args.revision,
@@ -60,6 +67,30 @@ def load_model(model_args: ModelArguments, splits: DataSplits, drop_path_rate: f
         trust_remote_code=model_args.trust_remote_code,
         **overrides,
     )
+    if truncate_after not in (None, TRUNCATE_AUTO, TRUNCATE_NONE):
+        truncate_model(model, truncate_after, model_args.model)
+    return model, processor
+
+
+def feature_pass(
+    model: torch.nn.Module,
+    processor: Any,
+    splits: DataSplits,
+    model_args: ModelArguments,
+    cache_dir: str | None,
+    batch_size: int,
+    stages: bool = False,
+) -> SplitFeatures:
+    """The cached feature pass of `--model` over the splits (see `features.compute_split_features`)."""
+    return compute_split_features(
+        model, processor, splits, model_name_or_path=model_args.model, revision=model_args.revision, cache_dir=cache_dir,
+        batch_size=batch_size, stages=stages,
+    )
+
+
+def _wants_stage_probe(finetune_args: FinetuneArguments) -> bool:
+    """The advisor decides the depth: `--truncate-after auto`, or left unset under `--strategy auto`."""
+    return finetune_args.truncate_after == TRUNCATE_AUTO or (finetune_args.truncate_after is None and finetune_args.strategy == AUTO)
 
 
 def _needs_features(finetune_args: FinetuneArguments, undecided: bool) -> bool:
@@ -96,16 +127,17 @@ def prepare_recipe(
     fixed = explicit_fields(data_args, finetune_args, training_args)
     undecided = bool(undecided_fields(fixed, finetune_args.strategy))
 
-    if _needs_features(finetune_args, undecided):
-        result.features = compute_split_features(
-            model,
-            processor,
-            splits,
-            model_name_or_path=model_args.model,
-            revision=model_args.revision,
-            cache_dir=finetune_args.feature_cache_dir,
-            batch_size=training_args.per_device_eval_batch_size,
+    stage_probe = _wants_stage_probe(finetune_args)
+    requested_cut = finetune_args.truncate_after
+
+    def features_of(model: torch.nn.Module, stages: bool = False) -> SplitFeatures:
+        return feature_pass(
+            model, processor, splits, model_args, finetune_args.feature_cache_dir, training_args.per_device_eval_batch_size, stages
         )
+
+    if _needs_features(finetune_args, undecided) or stage_probe:
+        # One forward pass: the head's input and, for the advisor's depth decision, every stage's output.
+        result.features = features_of(result.model, stages=stage_probe)
         result.record["features"] = result.features.summary()
 
     if undecided:
@@ -115,6 +147,9 @@ def prepare_recipe(
             features.images_per_second = measure_throughput(model, processor, sample, training_args.per_device_eval_batch_size)
         side = min(resolve_preprocessing(processor).size)
         measurements = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
+        if features.stages:
+            probe = probe_stages(features.stages, len(splits.labels), seed=seed)
+            measurements.stage_probe = probe.to_dict() if probe is not None else None
         result.plan = plan_recipe(
             measurements,
             time_budget_minutes=finetune_args.time_budget,
@@ -132,9 +167,17 @@ def prepare_recipe(
     if filled:
         logger.info("Fixed defaults for %s", ", ".join(filled))
 
+    # A cut given by the flag was made at load time; one chosen by the advisor is made now.
+    cut_now = requested_cut in (None, TRUNCATE_AUTO) and finetune_args.truncate_after not in (None, TRUNCATE_AUTO, TRUNCATE_NONE)
     if finetune_args.drop_path_rate and finetune_args.drop_path_rate != explicit_drop_path:
         # Drop-path modules are built with the model (timm makes none at rate 0): reload with the chosen rate.
-        result.model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed)
+        result.model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed, finetune_args.truncate_after)
+    elif cut_now:  # the advisor chose the depth after the feature pass
+        truncate_model(result.model, finetune_args.truncate_after, model_args.model)
+    if cut_now and result.features is not None:
+        # The head now reads the cut: the baseline and the probe head are fitted on the truncated model's features.
+        result.features = features_of(result.model)
+        result.record["features"] = {**result.features.summary(), "full_depth": result.record["features"]}
 
     if result.features is not None:
         report, probe = baseline_report(result.features, splits.labels, seed=seed)

@@ -30,7 +30,7 @@ from .arguments import (
     fill_fallbacks,
 )
 from .augment import BatchMixer
-from .backbone import StageMap, split_stages
+from .backbone import StageMap, resolve_stages, split_stages
 from .data import DataSplits, attach_transforms, collate, load_splits
 from .evaluation import TEST_REPORT_FILE, classification_report, compute_metrics, write_test_report
 from .freezing import StageUnfreezeCallback, unfreeze_units
@@ -42,6 +42,7 @@ from .recipe import load_model, prepare_recipe
 from .regularization import class_counts, inverse_frequency_weights
 from .schedule_log import SCHEDULE_FILE, ScheduleRecorderCallback
 from .trainer import FinetuneTrainer
+from .truncation import truncation_of
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def prepare_run(
     set_seed(training_args.seed)
     if splits is None:
         splits = load_splits(data_args, seed=training_args.seed)
-    model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed)
+    model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed, finetune_args.truncate_after)
     # Cached feature pass, advisor plan (fills every undecided argument), linear-probe baseline, head init.
     prepared = prepare_recipe(
         model, processor, splits, model_args, data_args, finetune_args, training_args, previous.get("recipe")
@@ -354,6 +355,7 @@ def prepare_run(
             f"({', '.join('+'.join(unit) for unit in units)}, top first): use `--top-k` {len(units)} or less, or "
             "`--strategy full` to train every stage."
         )
+    train_stages = resolve_stages(stage_map, finetune_args.train_stages, "--train-stages", model_args.model) if finetune_args.train_stages else None
 
     set_seed(training_args.seed)  # training randomness (data order, augmentation, dropout) starts from the seed
     trainer = build_trainer(model, processor, splits, finetune_args, _trainer_arguments(training_args))
@@ -365,6 +367,8 @@ def prepare_run(
         "preprocessing": dataclasses.asdict(preprocessing),
         "stages": [{"name": s.name, "num_tensors": len(s.param_names)} for s in stage_map.stages],
         "stage_family": stage_map.family,
+        "truncation": truncation_of(model),
+        "train_stages": train_stages,
         "resumed_from": resume,
         "share": dataclasses.asdict(share_args),
         "requested": json.loads(json.dumps(arguments, default=str)),

@@ -23,7 +23,7 @@ from transformers import logging as hf_logging
 
 from .arguments import FinetuneArguments, fill_fallbacks
 from .augment import BatchMixer
-from .backbone import StageMap, no_weight_decay_names, split_stages
+from .backbone import StageMap, no_weight_decay_names, resolve_stages, split_stages
 from .interrupt import check_finite_loss
 from .lr_curves import cyclic, one_cycle, uses_plateau, warmup_constant
 from .lr_schedule import build_staged_scheduler
@@ -87,6 +87,12 @@ class FinetuneTrainer(Trainer):
             return self.finetune_args.head_learning_rate
         return self.args.learning_rate * HEAD_LR_MULTIPLIER
 
+    def train_stages(self) -> list[str] | None:
+        """`--train-stages` as stage names (surgical fine-tuning), or None."""
+        if not self.finetune_args.train_stages:
+            return None
+        return resolve_stages(self.stage_map, self.finetune_args.train_stages, "--train-stages", type(self.model).__name__)
+
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is not None:
             return self.optimizer
@@ -99,6 +105,7 @@ class FinetuneTrainer(Trainer):
             layer_decay=self.finetune_args.layer_decay,
             weight_decay=self.args.weight_decay,
             no_decay_names=no_weight_decay_names(opt_model),
+            only=self.train_stages(),
         )
         optimizer_cls, optimizer_kwargs = self._optimizer_cls_and_kwargs(opt_model)
         # Each group carries its own absolute LR; the class-wide default would only be a fallback.

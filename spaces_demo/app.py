@@ -31,6 +31,7 @@ DEFAULT_TOP_K = 5
 CARD_FILE = "README.md"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 EXAMPLES_DIR = "examples"
+TRUNCATION_FIELD = "hf_finetune_truncation"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -107,6 +108,19 @@ def metrics_markdown(metrics: list[tuple[str, Any]], model: str) -> str:
     return "\n".join(lines)
 
 
+def load_classifier(model: str) -> Any:
+    """`pipeline("image-classification")` for `model`.
+
+    A model whose backbone hf_finetune truncated (`--truncate-after`; its config.json has `hf_finetune_truncation`)
+    ships `modeling_hf_finetune_truncated.py`, which rebuilds the cut architecture: only for such a model is that file
+    run (`trust_remote_code=True`). Serve only models you trust.
+    """
+    from transformers import AutoConfig, pipeline
+
+    truncated = bool(getattr(AutoConfig.from_pretrained(model), TRUNCATION_FIELD, None))
+    return pipeline("image-classification", model=model, trust_remote_code=truncated)
+
+
 def build_demo(model: str, top_k: int | None = None, title: str | None = None) -> Any:
     """Builds the Gradio app serving `model`.
 
@@ -119,9 +133,8 @@ def build_demo(model: str, top_k: int | None = None, title: str | None = None) -
         `gradio.Blocks`: the app, not yet launched.
     """
     import gradio as gr
-    from transformers import pipeline
 
-    classifier = pipeline("image-classification", model=model)
+    classifier = load_classifier(model)
     labels = list(classifier.model.config.id2label.values())
     top_k = min(top_k or DEFAULT_TOP_K, len(labels))
     files = find_model_files(model)

@@ -8,6 +8,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo tests never call home
+# Remote code of truncated test models (trust_remote_code) is copied here, not into ~/.cache/huggingface/modules.
+os.environ.setdefault("HF_MODULES_CACHE", __import__("tempfile").mkdtemp(prefix="hf_modules_"))
 
 from pathlib import Path  # noqa: E402
 

@@ -1,0 +1,135 @@
+"""The advisor's depth choice: truncation at the stage probe's best block when it beats the top stage by more than the
+CV noise on small data, full depth otherwise; end to end, the cut is made after the feature pass and recorded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import FAST_RUN_FLAGS, write_image_folder
+from hf_finetune.advisor import DatasetMeasurements, plan_recipe, propose_truncation
+from hf_finetune.cli import main
+from hf_finetune.stage_probe import StageProbe, StageScore
+
+NAMES = ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"]
+
+
+def curve(folds: dict[str, list[float]]) -> dict:
+    stages = [
+        StageScore(name, index, 16, float(np.mean(scores)), float(np.std(scores, ddof=1)), scores, 1.0)
+        for index, (name, scores) in enumerate(folds.items())
+    ]
+    return StageProbe(stages=stages, folds=len(stages[0].fold_scores), seed=0).to_dict()
+
+
+CLEAR = curve({
+    "embeddings": [0.60, 0.62, 0.61, 0.59, 0.60],
+    "blocks.0": [0.80, 0.82, 0.79, 0.81, 0.80],
+    "blocks.1": [0.90, 0.92, 0.91, 0.89, 0.93],  # best: +0.08 over the top on every fold
+    "blocks.2": [0.86, 0.88, 0.87, 0.85, 0.86],
+    "blocks.3": [0.84, 0.85, 0.83, 0.82, 0.84],
+    "norm": [0.82, 0.84, 0.83, 0.81, 0.85],
+})
+NOISY = curve({
+    "embeddings": [0.60, 0.62, 0.61, 0.59, 0.60],
+    "blocks.0": [0.80, 0.82, 0.79, 0.81, 0.80],
+    "blocks.1": [0.93, 0.84, 0.91, 0.82, 0.90],  # best on average (+0.02) but not on every fold
+    "blocks.2": [0.86, 0.85, 0.87, 0.85, 0.86],
+    "blocks.3": [0.86, 0.85, 0.85, 0.84, 0.86],
+    "norm": [0.85, 0.86, 0.84, 0.86, 0.82],
+})
+
+
+def measured(per_class: int = 100, stage_probe: dict | None = None) -> DatasetMeasurements:
+    return DatasetMeasurements(
+        num_train=per_class * 2, num_validation=40, num_classes=2, class_counts=[per_class] * 2,
+        knn_balanced_accuracy=0.8, grayscale_fraction=1.0, median_image_side=28, model_input_side=224,
+        forward_images_per_second=50.0, backbone_units=5, stage_probe=stage_probe,
+    )
+
+
+def test_truncation_when_the_best_block_clearly_beats_the_top():
+    plan = plan_recipe(measured(stage_probe=CLEAR))
+    choice = plan.choices["truncate_after"]
+    assert choice.value == "blocks.1" and choice.source == "advisor"
+    assert "best block blocks.1 0.910 vs top norm 0.830, difference +0.080" in choice.reason
+    assert "cut after blocks.1, removing 3 stage(s)" in choice.reason
+    # The unfreeze schedule is planned over the kept stages (embeddings, blocks.0, blocks.1 = 3 units).
+    assert plan.value("top_k") == 1
+    assert plan.value("stages_per_unfreeze") * (plan.value("num_train_epochs") // 2) >= 3
+    assert plan.to_dict()["measurements"]["stage_probe"]["best"] == "blocks.1"
+
+
+def test_no_truncation_within_the_noise_for_large_data_or_without_a_probe():
+    value, reason = propose_truncation(measured(stage_probe=NOISY))
+    assert value == "none" and "is within the CV noise (truncation needs > 2 SE and >= 0.01)" in reason
+    value, reason = propose_truncation(measured(per_class=800, stage_probe=CLEAR))
+    assert value == "none" and "800 images per class are enough to adapt the top stages" in reason
+    value, reason = propose_truncation(measured())
+    assert value == "none" and reason.startswith("full depth: no stage probe ran")
+    # The top stage being the best is never a reason to cut.
+    top_best = {**CLEAR, "stages": [*CLEAR["stages"][:-1], {**CLEAR["stages"][-1], "macro_f1_mean": 0.95, "fold_scores": [0.95] * 5}]}
+    assert propose_truncation(measured(stage_probe=top_best))[0] == "none"
+
+
+def test_the_flag_wins():
+    plan = plan_recipe(measured(stage_probe=CLEAR), fixed={"truncate_after": "none"})
+    assert plan.choices["truncate_after"].value == "none" and plan.choices["truncate_after"].source == "flag"
+    plan = plan_recipe(measured(stage_probe=CLEAR), fixed={"truncate_after": "auto"})  # auto = the advisor decides
+    assert plan.choices["truncate_after"].value == "blocks.1"
+
+
+def test_advisor_cut_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
+    """`--truncate-after auto`: the stage probe runs on the feature pass, the advisor cuts, the run trains the cut
+    model, and run_config.json / the card record the curve and the reason."""
+    import hf_finetune.recipe as recipe
+
+    real = recipe.probe_stages
+
+    def rigged(stage_features, num_labels, **kwargs):
+        probe = real(stage_features, num_labels, **kwargs)  # one entry per stage of the tiny ViT
+        assert [s.name for s in probe.stages] == ["embeddings", "blocks.0", "blocks.1", "norm"]
+        scores = {"embeddings": 0.5, "blocks.0": 0.9, "blocks.1": 0.7, "norm": 0.6}
+        stages = [replace(s, macro_f1_mean=scores[s.name], fold_scores=[scores[s.name]] * len(s.fold_scores)) for s in probe.stages]
+        return replace(probe, stages=stages)
+
+    monkeypatch.setattr(recipe, "probe_stages", rigged)
+    folder = write_image_folder(tmp_path / "images", per_class=10)
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
+    assert main([*argv, "--truncate-after", "auto", "--baseline", "true"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    choice = config["recipe"]["choices"]["truncate_after"]
+    assert choice["value"] == "blocks.0" and "cut after blocks.0" in choice["reason"]
+    assert [s["name"] for s in config["recipe"]["measurements"]["stage_probe"]["stages"]] == ["embeddings", "blocks.0", "blocks.1", "norm"]
+    assert config["truncation"]["after"] == "blocks.0" and config["finetune"]["truncate_after"] == "blocks.0"
+    assert [s["name"] for s in config["stages"]] == ["embeddings", "blocks.0", "norm", "head"]
+    # The baseline and the probe head were fitted on the truncated model's features (a separate cache entry).
+    assert config["features"]["full_depth"]["model_key"] != config["features"]["model_key"]
+    card = (out / "README.md").read_text()
+    assert "cut after stage `blocks.0`" in card and "| blocks.0 | 32 | 0.9000 ± " in card and choice["reason"] in card
+
+
+def test_strategy_flag_without_truncate_after_skips_the_probe(tiny_checkpoint, tmp_path):
+    folder = write_image_folder(tmp_path / "images", per_class=10)
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
+    assert main([*argv, "--num-train-epochs", "1"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["recipe"]["measurements"]["stage_probe"] is None
+    assert config["recipe"]["choices"]["truncate_after"]["value"] == "none" and config["truncation"] is None
+
+
+@pytest.mark.parametrize("kind", ["resnet"])
+def test_default_auto_run_records_the_stage_probe(kind, tiny_checkpoint, tmp_path):
+    folder = write_image_folder(tmp_path / "images", per_class=8)
+    out = tmp_path / "out"
+    assert main(["--model", tiny_checkpoint(kind), "--dataset", str(folder), "--output-dir", str(out), "--disable-tqdm", "true", "--num-train-epochs", "1"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    probe = config["recipe"]["measurements"]["stage_probe"]
+    assert [s["name"] for s in probe["stages"]] == ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    assert config["recipe"]["choices"]["truncate_after"]["reason"]
+    assert "Stage probe (linear probe on each frozen backbone stage" in (out / "README.md").read_text()
