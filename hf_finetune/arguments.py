@@ -447,6 +447,16 @@ class FinetuneArguments:
         return "all-linear" if names == ["all-linear"] else names
 
 
+def default_num_workers(use_cpu: bool = False) -> int:
+    """Data-loading workers per process: 0 on CPU; with a GPU, half the cores shared by the local processes, <= 8."""
+    import torch
+
+    if use_cpu or not torch.cuda.is_available():
+        return 0
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 2) // (2 * local_processes)))
+
+
 @dataclass
 class FinetuneTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults for a small image dataset on a modest machine.
@@ -487,7 +497,14 @@ class FinetuneTrainingArguments(TrainingArguments):
     # Images arrive through an on-the-fly transform that needs the raw image column.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (the transform needs them)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Data-loading worker processes (default: 0 without a GPU, where workers would take cores from the "
+            "model's own compute; with a GPU, half the CPU cores per process, at most 8, so decoding and augmentation "
+            "keep the GPU busy)."
+        },
+    )
     # The freeze stage, schedule history and early-stopping counter live in callbacks; a resume must bring them back.
     restore_callback_states_from_checkpoint: bool = field(
         default=True, metadata={"help": "Restore the callbacks' state (freeze stage, schedule log) when resuming."}
@@ -512,6 +529,10 @@ class FinetuneTrainingArguments(TrainingArguments):
                 f"`--metric-for-best-model` must be one of {VALIDATION_METRICS} (what a validation pass reports), "
                 f"got {metric!r}."
             )
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = default_num_workers(self.use_cpu)
+        elif self.dataloader_num_workers < 0:
+            raise ValueError(f"`--dataloader-num-workers` must be >= 0, got {self.dataloader_num_workers}.")
         # Under torchrun / accelerate launch on a machine without GPUs, accelerate only starts a (gloo) process group
         # when told to run on CPU; without it every process would train alone on the whole dataset.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:

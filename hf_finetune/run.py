@@ -75,7 +75,10 @@ def library_versions() -> dict[str, str]:
 
 
 # Recorded arguments that may differ between an interrupted run and the command that continues it.
-_RESUME_NEUTRAL = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token"})
+# Arguments that do not change what is trained (data-loading workers follow the machine a run continues on).
+_RESUME_NEUTRAL = frozenset(
+    {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers"}
+)
 
 
 def _changed_arguments(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:

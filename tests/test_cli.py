@@ -83,6 +83,7 @@ def test_output_dir_holding_another_run_is_refused(finished_run, tiny_checkpoint
         (["--metric-for-best-model", "f1"], "`--metric-for-best-model` must be one of ('macro_f1', 'accuracy', 'loss')"),
         (["--label-smoothing-factor", "1"], "`--label-smoothing-factor` must lie in [0, 1), got 1.0."),
         (["--head-epochs", "-1"], "`--head-epochs` must be >= 0, got -1."),
+        (["--dataloader-num-workers", "-2"], "`--dataloader-num-workers` must be >= 0, got -2."),
         (["--validation-fraction", "0.7"], "`--validation-fraction` must lie in (0, 0.5), got 0.7."),
         (["--strategy", "top_k", "--unfreeze-on-plateau", "true"], "`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`"),
         (
@@ -95,6 +96,25 @@ def test_invalid_flags_are_rejected_at_parse_time(flags, message, capsys, tmp_pa
     assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_data_loading_workers_default_to_the_machine(monkeypatch):
+    import torch
+
+    from hf_finetune.arguments import FinetuneTrainingArguments
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert FinetuneTrainingArguments(output_dir="o").dataloader_num_workers == 0  # CPU: workers steal model cores
+    assert FinetuneTrainingArguments(output_dir="o", dataloader_num_workers=3).dataloader_num_workers == 3
+    from hf_finetune.arguments import default_num_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_num_workers() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPU processes share the 16 cores
+    assert default_num_workers() == 2
+    assert default_num_workers(use_cpu=True) == 0
 
 
 def test_help_explains_every_flag():
