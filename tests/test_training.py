@@ -80,6 +80,8 @@ def changed(before, after, names):
 def test_group_learning_rates_follow_layer_decay(kind, tiny_checkpoint, image_folder, tmp_path):
     trainer = make_trainer(kind, tiny_checkpoint, image_folder, tmp_path / "out", layer_decay=0.5, head_learning_rate=0.2)
     optimizer = trainer.create_optimizer()
+    # One fused AdamW over every group (as the stock Trainer's default), not a kernel launch per group.
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
     stage_map = trainer.stage_map
     top = len(stage_map.backbone) - 1
     for group in optimizer.param_groups:
