@@ -196,3 +196,23 @@ def prepare_recipe(
     if finetune_args.head_dropout:
         add_head_dropout([layer for _, layer in head_linear_layers(result.model)], finetune_args.head_dropout)
     return result
+
+
+def probe_wins(prepared: PreparedRecipe, finetune_args: FinetuneArguments, best_validation_macro_f1: float | None) -> bool:
+    """Whether the fine-tune's starting point, the linear probe, scored better on validation than the fine-tune did.
+
+    Only when the advisor chose the strategy (a strategy given by flag is what the user asked for) and the probe
+    reads the trained model's own head inputs (not with LoRA, whose merged backbone differs from the probe's).
+    """
+    chose = prepared.plan is not None and prepared.plan.choices.get("strategy") is not None and prepared.plan.choices["strategy"].source == "advisor"
+    if not chose or prepared.probe is None or finetune_args.peft == "lora" or best_validation_macro_f1 is None:
+        return False
+    return prepared.probe.validation_macro_f1 > best_validation_macro_f1
+
+
+def probe_model(model_args: ModelArguments, splits: DataSplits, finetune_args: FinetuneArguments, probe: LinearProbe, seed: int) -> torch.nn.Module:
+    """The pretrained backbone (same depth and config as the trained model) with the linear probe as its head."""
+    model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed, finetune_args.truncate_after)
+    write_probe_into_head(model, probe)
+    return model
+

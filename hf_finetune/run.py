@@ -38,7 +38,7 @@ from .hub import PushResult, check_repo_id, default_repo_id, push_to_hub, redact
 from .interrupt import InterruptCallback, NonFiniteLossError, TrainingInterrupted, last_checkpoint
 from .lr_curves import PlateauLRCallback, uses_plateau
 from .monitor import GapMonitorCallback, TrainPredictionLog
-from .recipe import load_model, prepare_recipe
+from .recipe import load_model, prepare_recipe, probe_model, probe_wins
 from .regularization import class_counts, inverse_frequency_weights
 from .schedule_log import SCHEDULE_FILE, ScheduleRecorderCallback
 from .trainer import FinetuneTrainer
@@ -461,6 +461,23 @@ def run_finetune(
             if trainer.is_world_process_zero():
                 _update_run_config(run_config_path, status="interrupted", last_checkpoint=checkpoint)
             raise TrainingInterrupted(checkpoint, trainer.state.global_step, trainer.state.epoch or 0.0)
+    selects_on_macro_f1 = (trainer.args.metric_for_best_model or "").removeprefix("eval_") == "macro_f1"
+    best_validation = trainer.state.best_metric if selects_on_macro_f1 else None
+    if not probe_only and probe_wins(prepared, finetune_args, best_validation):
+        # Model selection on validation, as for any checkpoint: the fine-tune never beat where it started.
+        extra["model_selection"] = {
+            "chosen": "linear_probe",
+            "probe_validation_macro_f1": prepared.probe.validation_macro_f1,
+            "finetune_best_validation_macro_f1": trainer.state.best_metric,
+            "reason": "the linear probe (the fine-tune's starting point) scored higher on validation than every "
+            "fine-tuned checkpoint, so the saved model is the probe",
+        }
+        logger.warning(
+            "Validation macro-F1: linear probe %.4f > best fine-tuned checkpoint %.4f: keeping the probe as the model.",
+            prepared.probe.validation_macro_f1, trainer.state.best_metric,
+        )
+        trainer.model = probe_model(model_args, splits, finetune_args, prepared.probe, training_args.seed).to(trainer.args.device)
+        trainer.model_wrapped = trainer.model
     report = evaluate_test_split(trainer, splits)
     report["num_skipped_files"] = len(splits.skipped_files)  # left out before training; listed in run_config.json
     if prepared.baseline is not None:

@@ -252,3 +252,45 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     assert "augmentation" not in resumed.record["recipe"]["reused_on_resume"]
     assert {"strategy", "num_train_epochs", "layer_decay"} <= set(resumed.record["recipe"]["reused_on_resume"])
     assert resumed.record["recipe"]["choices"]["strategy"]["value"] == "full"
+
+
+def test_probe_wins_only_for_an_advisor_strategy_with_a_better_validation_score():
+    from types import SimpleNamespace
+
+    from hf_finetune.advisor import Choice
+    from hf_finetune.recipe import PreparedRecipe, probe_wins
+
+    def prepared(source):
+        plan = SimpleNamespace(choices={"strategy": Choice("full", "why", source)})
+        return PreparedRecipe(model=None, plan=plan, probe=SimpleNamespace(validation_macro_f1=0.9))
+
+    args = SimpleNamespace(peft="none")
+    assert probe_wins(prepared("advisor"), args, 0.8)
+    assert not probe_wins(prepared("advisor"), args, 0.9)  # a tie keeps the fine-tune
+    assert not probe_wins(prepared("flag"), args, 0.8)  # --strategy given: the user asked for a fine-tune
+    assert not probe_wins(prepared("advisor"), SimpleNamespace(peft="lora"), 0.8)
+    assert not probe_wins(prepared("advisor"), args, None)  # best model chosen on another metric
+    assert not probe_wins(PreparedRecipe(model=None), args, 0.8)  # no plan, no probe
+
+
+def test_a_fine_tune_that_never_beats_its_probe_start_saves_the_probe(tiny_checkpoint, tmp_path, monkeypatch):
+    import hf_finetune.run as run_module
+
+    real = run_module.probe_wins
+
+    def probe_scored_higher(prepared, finetune_args, best):
+        prepared.probe.validation_macro_f1 = 2.0  # above any fine-tuned checkpoint's validation macro-F1
+        return real(prepared, finetune_args, best)
+
+    monkeypatch.setattr(run_module, "probe_wins", probe_scored_higher)
+    folder = _gray_folder(tmp_path / "gray")
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out),
+            "--num-train-epochs", "1", "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]
+    assert main(argv) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["finetune"]["strategy"] == "head_then_unfreeze" and config["epochs_run"] == 1
+    assert config["model_selection"]["chosen"] == "linear_probe"
+    report = json.loads((out / "test_report.json").read_text())
+    # The evaluated (and saved) model is the probe: its test predictions are the baseline's.
+    assert report["confusion_matrix"] == report["baseline"]["confusion_matrix"]
