@@ -173,7 +173,10 @@ class FinetuneArguments:
     )
     head_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "LR of the new head (default: 10 x --learning_rate: a fresh head must move much further)."},
+        metadata={
+            "help": "LR of the head (default: 10 x --learning_rate, since a fresh head must move much further; "
+            "1 x with --head-init probe, whose head already fits)."
+        },
     )
     head_epochs: int | None = field(
         default=None,
