@@ -173,10 +173,7 @@ class FinetuneArguments:
     )
     head_learning_rate: float | None = field(
         default=None,
-        metadata={
-            "help": "LR of the head (default: 10 x --learning_rate, since a fresh head must move much further; "
-            "1 x with --head-init probe, whose head already fits)."
-        },
+        metadata={"help": "LR of the new head (default: 10 x --learning_rate: a fresh head must move much further)."},
     )
     head_epochs: int | None = field(
         default=None,

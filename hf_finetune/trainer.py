@@ -87,9 +87,6 @@ class FinetuneTrainer(Trainer):
     def head_learning_rate(self) -> float:
         if self.finetune_args.head_learning_rate is not None:
             return self.finetune_args.head_learning_rate
-        if self.finetune_args.head_init == "probe":
-            # LP-FT: the probe head already fits; a 10x LR would undo it in the first steps, before the backbone adapts.
-            return self.args.learning_rate
         return self.args.learning_rate * HEAD_LR_MULTIPLIER
 
     def train_stages(self) -> list[str] | None:

@@ -249,15 +249,3 @@ def test_resume_restores_freeze_stage_and_group_gates(tiny_checkpoint, image_fol
     ref_params = dict(reference.model.named_parameters())
     for name, param in resumed.model.named_parameters():
         assert torch.equal(param, ref_params[name]), name  # CPU, fixed seed: bit-identical
-
-
-def test_a_probe_initialised_head_trains_at_the_backbone_lr(tiny_checkpoint, image_folder, tmp_path):
-    fresh = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / "a", layer_decay=0.5, head_init="random")
-    probed = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / "b", layer_decay=0.5, head_init="probe")
-    lr = fresh.args.learning_rate
-
-    def head_lrs(trainer):
-        return [g["lr"] for g in trainer.create_optimizer().param_groups if g["stage"] == trainer.stage_map.head.name]
-
-    assert head_lrs(fresh) and head_lrs(fresh) == pytest.approx([10 * lr] * len(head_lrs(fresh)))
-    assert head_lrs(probed) == pytest.approx([lr] * len(head_lrs(probed)))
