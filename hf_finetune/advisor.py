@@ -74,15 +74,18 @@ _UNDECIDED = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
 USED_ONLY_BY = {"top_k": "top_k", "stages_per_unfreeze": "head_then_unfreeze", "head_epochs": "head_then_unfreeze"}
 
 
-def undecided_fields(fixed: dict[str, Any], strategy: str) -> list[str]:
+def undecided_fields(fixed: dict[str, Any], strategy: str, auto_depth: bool = False) -> list[str]:
     """The advisor fields the run still needs decided, given the explicitly set ones (`explicit_fields`).
 
-    A field only one strategy reads (`USED_ONLY_BY`) is not needed when another strategy was chosen by flag.
+    A field only one strategy reads (`USED_ONLY_BY`) is not needed when another strategy was chosen by flag; nor is
+    the depth (`truncate_after`) unless `auto_depth` (`--truncate-after auto` given with that strategy).
     """
     chosen = None if strategy == AUTO else strategy
     return [
         name for name in ADVISOR_FIELDS
-        if name not in fixed and (chosen is None or USED_ONLY_BY.get(name, chosen) == chosen)
+        if name not in fixed
+        and (chosen is None or USED_ONLY_BY.get(name, chosen) == chosen)
+        and not (name == "truncate_after" and chosen is not None and not auto_depth)
     ]
 
 

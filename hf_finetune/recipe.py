@@ -125,7 +125,7 @@ def prepare_recipe(
     if reused:
         logger.info("Resuming: the advisor's choices of the first attempt are kept (%s).", ", ".join(reused))
     fixed = explicit_fields(data_args, finetune_args, training_args)
-    undecided = bool(undecided_fields(fixed, finetune_args.strategy))
+    undecided = bool(undecided_fields(fixed, finetune_args.strategy, auto_depth=_wants_stage_probe(finetune_args)))
 
     stage_probe = _wants_stage_probe(finetune_args)
     requested_cut = finetune_args.truncate_after

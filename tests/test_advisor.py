@@ -117,6 +117,10 @@ def test_time_budget_sets_the_epochs_from_measured_throughput():
 
 def test_fields_only_another_strategy_reads_need_no_advisor():
     every_other = {name: 1 for name in ADVISOR_FIELDS if name not in ("top_k", "stages_per_unfreeze", "head_epochs")}
+    # the depth is the advisor's only under --strategy auto, or when --truncate-after auto asks for it
+    no_depth = {k: v for k, v in every_other.items() if k != "truncate_after"}
+    assert undecided_fields({**no_depth, "strategy": "full"}, "full") == []
+    assert undecided_fields({**no_depth, "strategy": "full"}, "full", auto_depth=True) == ["truncate_after"]
     # strategy fixed to full: top_k, stages_per_unfreeze and head_epochs are unused, nothing is left to decide
     assert undecided_fields({**every_other, "strategy": "full"}, "full") == []
     # head_then_unfreeze reads its unfreeze schedule but not top_k
