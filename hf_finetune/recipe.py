@@ -121,14 +121,14 @@ def prepare_recipe(
     seed = training_args.seed
     result = PreparedRecipe(model=model)
     explicit_drop_path = finetune_args.drop_path_rate
+    # The depth the model was loaded with: a cut decided later (advisor, or the plan a resume re-applies) is made here.
+    requested_cut = finetune_args.truncate_after
     reused = apply_recorded_plan(recorded_recipe, data_args, finetune_args, training_args) if recorded_recipe else []
     if reused:
         logger.info("Resuming: the advisor's choices of the first attempt are kept (%s).", ", ".join(reused))
     fixed = explicit_fields(data_args, finetune_args, training_args)
-    undecided = bool(undecided_fields(fixed, finetune_args.strategy, auto_depth=_wants_stage_probe(finetune_args)))
-
     stage_probe = _wants_stage_probe(finetune_args)
-    requested_cut = finetune_args.truncate_after
+    undecided = bool(undecided_fields(fixed, finetune_args.strategy, auto_depth=stage_probe))
 
     def features_of(model: torch.nn.Module, stages: bool = False) -> SplitFeatures:
         return feature_pass(
@@ -167,7 +167,7 @@ def prepare_recipe(
     if filled:
         logger.info("Fixed defaults for %s", ", ".join(filled))
 
-    # A cut given by the flag was made at load time; one chosen by the advisor is made now.
+    # A cut given by the flag was made at load time; one chosen by the advisor (now or, on resume, before) is made now.
     cut_now = requested_cut in (None, TRUNCATE_AUTO) and finetune_args.truncate_after not in (None, TRUNCATE_AUTO, TRUNCATE_NONE)
     if finetune_args.drop_path_rate and finetune_args.drop_path_rate != explicit_drop_path:
         # Drop-path modules are built with the model (timm makes none at rate 0): reload with the chosen rate.
@@ -204,8 +204,8 @@ def probe_wins(prepared: PreparedRecipe, finetune_args: FinetuneArguments, best_
     Only when the advisor chose the strategy (a strategy given by flag is what the user asked for) and the probe
     reads the trained model's own head inputs (not with LoRA, whose merged backbone differs from the probe's).
     """
-    chose = prepared.plan is not None and prepared.plan.choices.get("strategy") is not None and prepared.plan.choices["strategy"].source == "advisor"
-    if not chose or prepared.probe is None or finetune_args.peft == "lora" or best_validation_macro_f1 is None:
+    strategy = prepared.plan.choices.get("strategy") if prepared.plan is not None else None
+    if strategy is None or strategy.source != "advisor" or prepared.probe is None or finetune_args.peft == "lora" or best_validation_macro_f1 is None:
         return False
     return prepared.probe.validation_macro_f1 > best_validation_macro_f1
 

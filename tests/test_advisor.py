@@ -247,6 +247,7 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     # What the first attempt decided differs from what a re-measurement would give (e.g. a slower machine now).
     first["choices"]["num_train_epochs"]["value"] = 2.0
     first["choices"]["strategy"]["value"] = "full"
+    first["choices"]["truncate_after"] = {"value": "blocks.0", "reason": "doctored", "source": "advisor"}
 
     model_args, data_args, finetune_args, training_args, _ = parse_args(argv)
     model, processor = load_model(model_args, splits, None, training_args.seed)
@@ -256,6 +257,10 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     assert "augmentation" not in resumed.record["recipe"]["reused_on_resume"]
     assert {"strategy", "num_train_epochs", "layer_decay"} <= set(resumed.record["recipe"]["reused_on_resume"])
     assert resumed.record["recipe"]["choices"]["strategy"]["value"] == "full"
+    # The recorded cut is made again, so the model matches the checkpoints the resume continues from.
+    from hf_finetune.truncation import truncation_of
+
+    assert finetune_args.truncate_after == "blocks.0" and truncation_of(resumed.model)["after"] == "blocks.0"
 
 
 def test_probe_wins_only_for_an_advisor_strategy_with_a_better_validation_score():
