@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from run_all import machine_description  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared").is_dir() else Path("/work/shared")
@@ -72,13 +73,6 @@ def run(name: str, flags: list[str], seed: int, out_root: Path) -> dict:
         "estimated_epoch_seconds": recipe.get("estimated_epoch_seconds"),
         "mixup_switched_on_for_epoch": config.get("gap_monitor", {}).get("mixup_switched_on_for_epoch"),
     }
-
-
-def machine_description() -> str:
-    import torch
-
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{os.cpu_count()} CPU cores{gpu}"
 
 
 def summarise(runs: list[dict]) -> dict:

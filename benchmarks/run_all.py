@@ -256,6 +256,14 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def machine_description() -> str:
+    """Processor architecture, CPU cores and the GPU, if any: where a benchmark's timings were taken."""
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores{gpu}"
+
+
 def _spawn(job: dict[str, Any], log_path: Path, lock: str | None = None) -> dict[str, Any]:
     result_path = log_path.with_suffix(".json")
     result_path.unlink(missing_ok=True)
@@ -398,15 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     runs = [] if options.fresh or not json_path.is_file() else json.loads(json_path.read_text())["runs"]
     done = {(r["method"], r["model_name"], r["dataset_name"], r["seed"]) for r in runs}
-    device = "cpu"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            device = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores" + ("" if device == "cpu" else f", {device}") + (", bf16" if options.bf16 else "")
+    machine = machine_description() + (", bf16" if options.bf16 else "")
     started = time.perf_counter()
     for dataset_name, (dataset_path, _) in datasets.items():
         for model in models:
