@@ -77,8 +77,9 @@ class SplitFeatures:
         images_per_second (`float`, *optional*): measured forward throughput (preprocessing included) of this
             machine on this model: of this feature pass, or recorded by an earlier one in the cache; `None` when
             neither timed at least `MIN_TIMED_IMAGES` images.
-        stages (`dict[str, FeatureSet]`): pooled outputs of every backbone stage on the train split, by stage name
-            (input to output), when the feature pass captured them (`stages=True`; the stage probe).
+        extra (`dict`): more facts for `summary()` (`from_stage`: the vectors are a captured stage's output).
+        stage_splits (`dict[str, SplitFeatures]`): pooled outputs of every backbone stage on all three splits, by
+            stage name (input to output), when the feature pass captured them (`stages=True`).
     """
 
     train: FeatureSet
@@ -89,7 +90,13 @@ class SplitFeatures:
     computed: int
     images_per_second: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, FeatureSet] = field(default_factory=dict)
+    stage_splits: dict[str, "SplitFeatures"] = field(default_factory=dict)
+
+    @property
+    def stages(self) -> dict[str, FeatureSet]:
+        """The train features of every captured stage, input to output: what the stage probe cross-validates on
+        (validation and test are never looked at)."""
+        return {name: features.train for name, features in self.stage_splits.items()}
 
     def summary(self) -> dict[str, Any]:
         """What `run_config.json` records about the feature pass."""
@@ -101,6 +108,7 @@ class SplitFeatures:
             "from_cache": sum(len(getattr(self, name)) for name in SPLIT_NAMES) - self.computed,
             "seconds": round(self.seconds, 3),
             "images_per_second": None if self.images_per_second is None else round(self.images_per_second, 2),
+            **self.extra,
         }
 
 
@@ -482,7 +490,16 @@ def compute_split_features(
         seconds=time.perf_counter() - start,
         computed=len(computed[head]),
         images_per_second=throughput,
-        stages={stage.name: feature_set(stage.name, "train") for stage in taps.stages},
+        stage_splits={
+            stage.name: SplitFeatures(
+                *(feature_set(stage.name, split) for split in SPLIT_NAMES),
+                model_key=model_keys[stage.name],
+                seconds=0.0,
+                computed=len(computed[stage.name]),
+                images_per_second=throughput,
+            )
+            for stage in taps.stages
+        },
     )
     logger.info(
         "Features (%s, dim %d): %d computed, %d from the cache in %s, %.1fs",
@@ -491,6 +508,53 @@ def compute_split_features(
         caches[head].directory if caches else "(no cache)", result.seconds,
     )
     return result
+
+
+def head_features_from_stage(
+    model: torch.nn.Module, processor: Any, splits: DataSplits, full_depth: SplitFeatures, batch_size: int = 32, sample: int = 8
+) -> SplitFeatures | None:
+    """The head features of a truncated model taken from the full-depth pass's capture of its cut stage, without a
+    second pass over the data, when they are the same vectors.
+
+    They are when nothing but the model's pooling sits between the cut and the head (CNNs whose final norm or conv
+    was removed with the stages above the cut); a ViT keeps its final norm, so there they differ. The first
+    `sample` train images go through the truncated model and are compared with the captured vectors.
+
+    Args:
+        model (`torch.nn.Module`): the truncated classifier (`truncation.truncate_model`).
+        processor: its image processor.
+        splits (`DataSplits`): the run's splits, in the order `full_depth` was computed on.
+        full_depth (`SplitFeatures`): the full-depth model's feature pass with its stages captured (`stages=True`).
+        batch_size (`int`, defaults to 32): images per forward pass of the check.
+        sample (`int`, defaults to 8): train images compared.
+
+    Returns:
+        `SplitFeatures` (recording `from_stage`), or `None` when the model is not truncated, the cut stage was not
+        captured, or the vectors differ (the caller then runs the truncated model's own feature pass).
+    """
+    cut = (getattr(getattr(model, "config", None), TRUNCATION_FIELD, None) or {}).get("after")
+    stage = full_depth.stage_splits.get(cut) if cut else None
+    if stage is None or not len(stage.train):
+        return None
+    count = min(sample, len(stage.train))
+    images = splits.train.with_format(None).select(range(count))["image"]
+    start = time.perf_counter()
+    head = extract_features(model, processor, images, batch_size=batch_size)
+    captured = stage.train.features[:count]
+    if head.shape != captured.shape or not np.allclose(head, captured, rtol=1e-4, atol=1e-4 * float(np.abs(captured).max() or 1.0)):
+        logger.info("The truncated head does not read the pooled output of %s as captured: a feature pass of its own.", cut)
+        return None
+    logger.info("Truncated model's features: the captured output of %s (checked on %d images).", cut, count)
+    return SplitFeatures(
+        stage.train,
+        stage.validation,
+        stage.test,
+        model_key=stage.model_key,
+        seconds=time.perf_counter() - start,
+        computed=0,
+        images_per_second=full_depth.images_per_second,
+        extra={"from_stage": cut},
+    )
 
 
 def measure_throughput(model: torch.nn.Module, processor: Any, images: list[Any], batch_size: int = 32) -> float:

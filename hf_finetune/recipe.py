@@ -20,7 +20,7 @@ from .arguments import AUTO, DataArguments, FinetuneArguments, FinetuneTrainingA
 from .backbone import load_model_and_processor, split_stages
 from .baseline import LinearProbe, baseline_report, write_probe_into_head
 from .data import DataSplits, resolve_preprocessing
-from .features import SplitFeatures, compute_split_features, head_linear_layers, measure_throughput
+from .features import SplitFeatures, compute_split_features, head_features_from_stage, head_linear_layers, measure_throughput
 from .freezing import unfreeze_units
 from .regularization import add_head_dropout
 from .stage_probe import probe_stages
@@ -175,8 +175,10 @@ def prepare_recipe(
     elif cut_now:  # the advisor chose the depth after the feature pass
         truncate_model(result.model, finetune_args.truncate_after, model_args.model)
     if cut_now and result.features is not None:
-        # The head now reads the cut: the baseline and the probe head are fitted on the truncated model's features.
-        result.features = features_of(result.model)
+        # The head now reads the cut: the baseline and the probe head are fitted on the truncated model's features
+        # (the full-depth pass captured them already when nothing but pooling lies between the cut and the head).
+        batch_size = training_args.per_device_eval_batch_size
+        result.features = head_features_from_stage(result.model, processor, splits, result.features, batch_size) or features_of(result.model)
         result.record["features"] = {**result.features.summary(), "full_depth": result.record["features"]}
 
     if result.features is not None:

@@ -113,6 +113,30 @@ def test_advisor_cut_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
     assert "cut after stage `blocks.0`" in card and "| blocks.0 | 32 | 0.9000 ± " in card and choice["reason"] in card
 
 
+def test_an_advisor_cut_of_a_cnn_reuses_the_captured_stage(tiny_checkpoint, tmp_path, monkeypatch):
+    """A CNN's head reads the cut stage's pooled output, which the full-depth pass captured: no second pass."""
+    import hf_finetune.recipe as recipe
+
+    real = recipe.probe_stages
+
+    def rigged(stage_features, num_labels, **kwargs):
+        probe = real(stage_features, num_labels, **kwargs)
+        scores = {"embeddings": 0.5, "blocks.0": 0.6, "blocks.1": 0.9, "blocks.2": 0.7, "blocks.3": 0.6}
+        stages = [replace(s, macro_f1_mean=scores[s.name], fold_scores=[scores[s.name]] * len(s.fold_scores)) for s in probe.stages]
+        return replace(probe, stages=stages)
+
+    monkeypatch.setattr(recipe, "probe_stages", rigged)
+    folder = write_image_folder(tmp_path / "images", per_class=10)
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
+    assert main([*argv, "--truncate-after", "auto", "--baseline", "true"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["truncation"]["after"] == "blocks.1"
+    features = config["features"]
+    assert features["from_stage"] == "blocks.1" and features["computed"] == 0 and features["feature_dim"] == config["truncation"]["feature_dim"]
+    assert features["full_depth"]["computed"] == sum(features["images"].values())
+
+
 def test_strategy_flag_without_truncate_after_skips_the_probe(tiny_checkpoint, tmp_path):
     folder = write_image_folder(tmp_path / "images", per_class=10)
     out = tmp_path / "out"

@@ -9,7 +9,8 @@ import torch
 
 from hf_finetune import DataArguments, load_model_and_processor, load_splits
 from hf_finetune.baseline import baseline_report, fit_linear_probe, write_probe_into_head
-from hf_finetune.features import FeatureSet, compute_split_features, extract_features, head_linear_layers
+from hf_finetune.features import FeatureSet, compute_split_features, extract_features, head_features_from_stage, head_linear_layers
+from hf_finetune.truncation import truncate_model
 
 
 @pytest.fixture
@@ -57,6 +58,25 @@ def test_feature_cache_is_reused_and_keyed_by_preprocessing(loaded, tmp_path, mo
     processor.image_mean = [0.1, 0.1, 0.1]
     third = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
     assert third.model_key != first.model_key and third.computed == total
+
+
+@pytest.mark.parametrize(("kind", "cut", "reused"), [("resnet", "blocks.1", True), ("timm", "blocks.0", True), ("vit", "blocks.0", False)])
+def test_a_cut_models_features_come_from_the_full_pass_when_they_are_the_same(kind, cut, reused, loaded, tmp_path):
+    """After the advisor's cut, the baseline and probe head need the truncated model's head inputs: a CNN's are the
+    cut stage's pooled output the full-depth pass captured (no second pass); a ViT's pass through its kept final norm."""
+    splits, model, processor, path = loaded(kind)
+    full = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path), stages=True)
+    assert set(full.stage_splits[cut].test.labels) and len(full.stages[cut]) == len(splits.train)
+    truncate_model(model, cut)
+    derived = head_features_from_stage(model, processor, splits, full, batch_size=4)
+    own = compute_split_features(model, processor, splits, model_name_or_path=path, use_cache=False)
+    if not reused:
+        assert derived is None
+        return
+    assert derived.summary()["from_stage"] == cut and derived.computed == 0
+    for name in ("train", "validation", "test"):
+        assert np.allclose(getattr(derived, name).features, getattr(own, name).features, atol=1e-5)
+        assert np.array_equal(getattr(derived, name).labels, getattr(own, name).labels)
 
 
 @pytest.mark.parametrize("kind", ["vit", "resnet", "deit", "timm"])
