@@ -447,11 +447,15 @@ class FinetuneArguments:
         return "all-linear" if names == ["all-linear"] else names
 
 
-def default_num_workers(use_cpu: bool = False) -> int:
-    """Data-loading workers per process: 0 on CPU; with a GPU, half the cores shared by the local processes, <= 8."""
+def _has_gpu(use_cpu: bool) -> bool:
     import torch
 
-    if use_cpu or not torch.cuda.is_available():
+    return not use_cpu and torch.cuda.is_available()
+
+
+def default_num_workers(use_cpu: bool = False) -> int:
+    """Data-loading workers per process: 0 on CPU; with a GPU, half the cores shared by the local processes, <= 8."""
+    if not _has_gpu(use_cpu):
         return 0
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(8, (os.cpu_count() or 2) // (2 * local_processes)))
@@ -505,6 +509,10 @@ class FinetuneTrainingArguments(TrainingArguments):
             "keep the GPU busy)."
         },
     )
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pinned host memory for faster copies to the GPU (default: on with a GPU, off without one)."},
+    )
     # The freeze stage, schedule history and early-stopping counter live in callbacks; a resume must bring them back.
     restore_callback_states_from_checkpoint: bool = field(
         default=True, metadata={"help": "Restore the callbacks' state (freeze stage, schedule log) when resuming."}
@@ -533,6 +541,8 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.dataloader_num_workers = default_num_workers(self.use_cpu)
         elif self.dataloader_num_workers < 0:
             raise ValueError(f"`--dataloader-num-workers` must be >= 0, got {self.dataloader_num_workers}.")
+        if self.dataloader_pin_memory is None:  # pinning without a GPU only earns a warning from every DataLoader
+            self.dataloader_pin_memory = _has_gpu(self.use_cpu)
         # Under torchrun / accelerate launch on a machine without GPUs, accelerate only starts a (gloo) process group
         # when told to run on CPU; without it every process would train alone on the whole dataset.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:

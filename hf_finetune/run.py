@@ -77,7 +77,7 @@ def library_versions() -> dict[str, str]:
 # Recorded arguments that may differ between an interrupted run and the command that continues it.
 # Arguments that do not change what is trained (data-loading workers follow the machine a run continues on).
 _RESUME_NEUTRAL = frozenset(
-    {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers"}
+    {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers", "dataloader_pin_memory"}
 )
 
 

@@ -107,6 +107,8 @@ def test_data_loading_workers_default_to_the_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert FinetuneTrainingArguments(output_dir="o").dataloader_num_workers == 0  # CPU: workers steal model cores
     assert FinetuneTrainingArguments(output_dir="o", dataloader_num_workers=3).dataloader_num_workers == 3
+    assert FinetuneTrainingArguments(output_dir="o").dataloader_pin_memory is False  # no GPU: pinning only warns
+    assert FinetuneTrainingArguments(output_dir="o", dataloader_pin_memory=True).dataloader_pin_memory is True
     from hf_finetune.arguments import default_num_workers
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -115,6 +117,7 @@ def test_data_loading_workers_default_to_the_machine(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPU processes share the 16 cores
     assert default_num_workers() == 2
     assert default_num_workers(use_cpu=True) == 0
+    assert FinetuneTrainingArguments(output_dir="o", use_cpu=True).dataloader_pin_memory is False
 
 
 def test_help_explains_every_flag():
