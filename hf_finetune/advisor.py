@@ -13,7 +13,8 @@ Decision (`plan_recipe`, a pure function of the measurements, the four cases of 
     small + similar     -> linear_probe on cached features (the pretrained features already fit; training more
                            layers on little data mostly overfits)
     large + similar     -> top_k: freeze the early layers, train the top third of the stages
-    small + different   -> head_then_unfreeze down to the early layers, strong augmentation and regularisation
+    small + different   -> head_then_unfreeze down to the early layers from the probe head, small steps (LP-FT),
+                           crops and flips, dropout and drop-path
     large + different   -> full fine-tune (with mild layer-wise decay)
 "small" = fewer than `LARGE_IMAGES_PER_CLASS` images per class (median); "similar" = k-NN lift at least
 `SIMILAR_LIFT` and mostly colour images. Layer decay, head initialisation, unfreeze schedule, augmentation,
@@ -60,12 +61,14 @@ MAX_EPOCHS = {"small": 20, "large": 12}
 ADVISOR_FIELDS = (
     "strategy", "layer_decay", "head_init", "head_epochs", "top_k", "num_train_epochs", "stages_per_unfreeze",
     "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
-    "truncate_after",
+    "truncate_after", "learning_rate", "head_lr_multiplier",
 )
 # Truncation (`truncate_after`) is proposed for small data when the stage probe's best block beats the top stage by
 # more than TRUNCATION_NOISE_SE standard errors of the fold-paired difference (every stage is scored on the same CV
 # folds) and by at least MIN_TRUNCATION_GAIN macro-F1: a smaller gain is not worth the lost capacity.
 TRUNCATION_NOISE_SE = 2.0
+# The top stage's LR of a fine-tune of small data from the probe head (LP-FT), and the head's too (multiplier 1).
+LP_FT_SMALL_LEARNING_RATE = 1e-4
 MIN_TRUNCATION_GAIN = 0.01
 # Values of the depth fields that are not a stage (see FinetuneArguments.truncate_after).
 _UNDECIDED = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
@@ -279,23 +282,26 @@ def measure_dataset(splits: Any, features: Any, stage_units: int, model_input_si
 _CASES: dict[tuple[str, str], dict[str, Any]] = {
     ("small", "similar"): dict(strategy="linear_probe", layer_decay=0.7, augmentation="none", mixup="off", head_dropout=0.0, drop_path_rate=0.0),
     ("large", "similar"): dict(strategy="top_k", layer_decay=0.7, augmentation="light", mixup="auto", head_dropout=0.1, drop_path_rate=0.05),
-    ("small", "different"): dict(strategy="head_then_unfreeze", layer_decay=0.8, augmentation="strong", mixup="on", head_dropout=0.2, drop_path_rate=0.1),
+    ("small", "different"): dict(strategy="head_then_unfreeze", layer_decay=0.8, augmentation="light", mixup="auto", head_dropout=0.2, drop_path_rate=0.1),
     ("large", "different"): dict(strategy="full", layer_decay=0.8, augmentation="medium", mixup="auto", head_dropout=0.1, drop_path_rate=0.05),
 }
 
 # When the user makes small + similar data train anyway (e.g. `--strategy full`): moderate regularisation.
 _TRAINED_SMALL_SIMILAR = dict(layer_decay=0.7, augmentation="medium", mixup="auto", head_dropout=0.1, drop_path_rate=0.05)
 
+# Per (case, value): why. Few images far from the pretraining data fine-tune from the probe head (LP-FT): heavy
+# augmentation or mixup from the start moves the inputs away from the features that head was fitted on (measured on
+# pneumoniamnist-200: with strong augmentation + mixup validation collapsed to one class within 3 epochs at either LR;
+# crops and flips held the probe's level), so regularisation comes from the gap monitor, dropout and drop-path instead.
 _AUGMENTATION_REASONS = {
     "none": "no training on augmented images (cached features)",
-    "light": "large, familiar data: crops and flips suffice",
+    "light": "crops and flips: large familiar data needs no more, and a fine-tune of few images from the probe head "
+    "must not move its inputs far from the features the head was fitted on",
     "medium": "add colour jitter and TrivialAugment: unfamiliar data, or little of it",
-    "strong": "few images far from the pretraining data: heavy augmentation is the main regulariser",
 }
 _MIXUP_REASONS = {
     "off": "no training epochs",
     "auto": "switched on by the gap monitor if train macro-F1 runs ahead of validation",
-    "on": "few images far from the pretraining data: mixup/CutMix from the start",
 }
 
 _STRATEGY_REASONS = {
@@ -433,6 +439,22 @@ def plan_recipe(
         if not trains_backbone else
         "start from the linear probe fitted on cached features (LP-FT): a random head would send large gradients "
         "into the pretrained layers in the first steps; it also replaces the head-only epoch(s)",
+    )
+    # LP-FT on few images: the head is already fitted, and each step's gradient is a noisy estimate from a handful of
+    # images; small, even steps keep the features the probe head reads (benchmarks/results/benchmark.md, pneumoniamnist-200).
+    lp_ft_small = head_init == "probe" and trains_backbone and m.size == "small"
+    choose(
+        "learning_rate",
+        LP_FT_SMALL_LEARNING_RATE if lp_ft_small else FALLBACKS["learning_rate"],
+        "fine-tuning few images from the fitted probe head: a small step keeps the pretrained features the head reads"
+        if lp_ft_small else "the standard top-stage LR for AdamW fine-tuning" if trains_backbone else "unused: no training epochs",
+    )
+    choose(
+        "head_lr_multiplier",
+        1.0 if lp_ft_small else FALLBACKS["head_lr_multiplier"],
+        "the probe head is already fitted: it follows the backbone at the same LR instead of moving away from its fit"
+        if lp_ft_small else "a head that learns on more data (or starts random) moves further than the pretrained backbone"
+        if trains_backbone else "unused: no training epochs",
     )
     choose(
         "fix_bn_stats",

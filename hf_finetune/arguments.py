@@ -43,6 +43,8 @@ FALLBACKS: dict[str, object] = {
     "augmentation": "light",
     "num_train_epochs": 10.0,
     "label_smoothing_factor": 0.1,
+    "learning_rate": 3e-4,
+    "head_lr_multiplier": 10.0,
 }
 _ADVISOR = "default: chosen by the recipe advisor (see `run_config.json` -> recipe)"
 
@@ -114,7 +116,8 @@ class DataArguments:
         metadata={
             "help": f"Training augmentation, one of {AUGMENTATIONS}: light = random resized crop + flip; medium adds "
             "colour jitter and TrivialAugment; strong = wider crops + RandAugment + colour jitter + random erasing. "
-            f"({_ADVISOR}: stronger for less data and for a domain far from the pretraining data.)"
+            f"({_ADVISOR}: light for a fine-tune of few images from the probe head, medium for large data from a "
+            "different domain; the probe needs none.)"
         },
     )
     check_images: bool = field(
@@ -172,8 +175,15 @@ class FinetuneArguments:
         },
     )
     head_learning_rate: float | None = field(
+        default=None, metadata={"help": "LR of the head (default: --head-lr-multiplier x --learning-rate)."}
+    )
+    head_lr_multiplier: float | None = field(
         default=None,
-        metadata={"help": "LR of the new head (default: 10 x --learning_rate: a fresh head must move much further)."},
+        metadata={
+            "help": f"The head's LR as a multiple of --learning-rate when --head-learning-rate is not given ({_ADVISOR}: "
+            "1 when few images fine-tune from the linear-probe head, which is already fitted; else 10, since a fresh "
+            "head must move much further than the pretrained backbone)."
+        },
     )
     head_epochs: int | None = field(
         default=None,
@@ -364,6 +374,8 @@ class FinetuneArguments:
             )
         if self.head_learning_rate is not None and not (self.head_learning_rate > 0 and math.isfinite(self.head_learning_rate)):
             raise ValueError(f"`--head-learning-rate` must be a positive number, got {self.head_learning_rate}.")
+        if self.head_lr_multiplier is not None and not (self.head_lr_multiplier > 0 and math.isfinite(self.head_lr_multiplier)):
+            raise ValueError(f"`--head-lr-multiplier` must be a positive number, got {self.head_lr_multiplier}.")
         for name in ("head_epochs", "plateau_patience", "early_stopping_patience", "mixup_alpha", "cutmix_alpha", "l2sp"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"`--{name.replace('_', '-')}` must be >= 0, got {getattr(self, name)}.")
@@ -471,8 +483,14 @@ class FinetuneTrainingArguments(TrainingArguments):
     output_dir: str | None = field(
         default="runs/hf_finetune", metadata={"help": "Where the model, checkpoints, reports and plots are written."}
     )
-    # The top backbone stage's LR; lower stages get layer-decayed fractions, the head 10x.
-    learning_rate: float = field(default=3e-4, metadata={"help": "LR of the top backbone stage (see --layer-decay)."})
+    # The top backbone stage's LR; lower stages get layer-decayed fractions, the head --head-lr-multiplier times it.
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": f"LR of the top backbone stage (see --layer-decay; {_ADVISOR}: 1e-4 when few images fine-tune from "
+            "the linear-probe head, else 3e-4)."
+        },
+    )
     num_train_epochs: float | None = field(
         default=None,
         metadata={"help": f"Maximum epochs (early stopping may end sooner; {_ADVISOR}: fits --time-budget, else 10)."},
@@ -524,7 +542,7 @@ class FinetuneTrainingArguments(TrainingArguments):
         # None = decided by the recipe advisor before training.
         if self.max_steps <= 0 and self.num_train_epochs is not None and not self.num_train_epochs > 0:
             raise ValueError(f"`--num-train-epochs` must be > 0 (or set `--max-steps`), got {self.num_train_epochs}.")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+        if self.learning_rate is not None and not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"`--learning-rate` must be a positive number, got {self.learning_rate}.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:

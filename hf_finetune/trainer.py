@@ -36,10 +36,6 @@ logger = logging.getLogger(__name__)
 # Fused AdamW runs on CPU, CUDA and MPS from torch 2.8 on (transformers' own default from that version).
 _FUSED_ADAMW = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
 
-# A fresh head starts from random weights and must move much further than the pretrained backbone.
-HEAD_LR_MULTIPLIER = 10.0
-
-
 class FinetuneTrainer(Trainer):
     """A `Trainer` whose optimizer has one group per backbone stage (and the head) with layer-wise LR decay.
 
@@ -87,7 +83,7 @@ class FinetuneTrainer(Trainer):
     def head_learning_rate(self) -> float:
         if self.finetune_args.head_learning_rate is not None:
             return self.finetune_args.head_learning_rate
-        return self.args.learning_rate * HEAD_LR_MULTIPLIER
+        return self.args.learning_rate * self.finetune_args.head_lr_multiplier
 
     def train_stages(self) -> list[str] | None:
         """`--train-stages` as stage names (surgical fine-tuning), or None."""

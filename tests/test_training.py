@@ -72,6 +72,16 @@ def stage_tensors(stage_map, stage_names):
     return [n for s in stage_map.stages if s.name in stage_names for n in s.param_names]
 
 
+@pytest.mark.parametrize(("multiplier", "expected"), [(None, 1e-1), (1.0, 1e-2), (3.0, 3e-2)])
+def test_the_head_lr_is_a_multiple_of_the_learning_rate_unless_given(multiplier, expected, tiny_checkpoint, image_folder, tmp_path):
+    # None: no advisor ran (a trainer built by hand), so the fixed default applies: 10 x --learning-rate.
+    trainer = make_trainer("resnet", tiny_checkpoint, image_folder, tmp_path / "out", head_lr_multiplier=multiplier)
+    optimizer = trainer.create_optimizer()
+    assert optimizer.param_groups[0]["stage"] == "head" and optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    given = make_trainer("resnet", tiny_checkpoint, image_folder, tmp_path / "out2", head_lr_multiplier=3.0, head_learning_rate=0.5)
+    assert given.create_optimizer().param_groups[0]["lr"] == pytest.approx(0.5)
+
+
 def changed(before, after, names):
     return [n for n in names if not torch.equal(before[n], after[n])]
 
