@@ -82,25 +82,32 @@ def test_the_flag_wins():
     assert plan.choices["truncate_after"].value == "blocks.1"
 
 
-def test_advisor_cut_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
-    """`--truncate-after auto`: the stage probe runs on the feature pass, the advisor cuts, the run trains the cut
-    model, and run_config.json / the card record the curve and the reason."""
+def run_with_rigged_stage_probe(kind, scores, tiny_checkpoint, tmp_path, monkeypatch):
+    """`--truncate-after auto --baseline true` on a tiny `kind` model whose stage probe reports `scores` (one per
+    stage, checked against the real probe's stages); returns the output directory."""
     import hf_finetune.recipe as recipe
 
     real = recipe.probe_stages
 
     def rigged(stage_features, num_labels, **kwargs):
-        probe = real(stage_features, num_labels, **kwargs)  # one entry per stage of the tiny ViT
-        assert [s.name for s in probe.stages] == ["embeddings", "blocks.0", "blocks.1", "norm"]
-        scores = {"embeddings": 0.5, "blocks.0": 0.9, "blocks.1": 0.7, "norm": 0.6}
+        probe = real(stage_features, num_labels, **kwargs)
+        assert [s.name for s in probe.stages] == list(scores)
         stages = [replace(s, macro_f1_mean=scores[s.name], fold_scores=[scores[s.name]] * len(s.fold_scores)) for s in probe.stages]
         return replace(probe, stages=stages)
 
     monkeypatch.setattr(recipe, "probe_stages", rigged)
     folder = write_image_folder(tmp_path / "images", per_class=10)
     out = tmp_path / "out"
-    argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
+    argv = ["--model", tiny_checkpoint(kind), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
     assert main([*argv, "--truncate-after", "auto", "--baseline", "true"]) == 0
+    return out
+
+
+def test_advisor_cut_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
+    """`--truncate-after auto`: the stage probe runs on the feature pass, the advisor cuts, the run trains the cut
+    model, and run_config.json / the card record the curve and the reason."""
+    # One entry per stage of the tiny ViT; blocks.0 rigged best.
+    out = run_with_rigged_stage_probe("vit", {"embeddings": 0.5, "blocks.0": 0.9, "blocks.1": 0.7, "norm": 0.6}, tiny_checkpoint, tmp_path, monkeypatch)
     config = json.loads((out / "run_config.json").read_text())
     choice = config["recipe"]["choices"]["truncate_after"]
     assert choice["value"] == "blocks.0" and "cut after blocks.0" in choice["reason"]
@@ -115,21 +122,8 @@ def test_advisor_cut_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
 
 def test_an_advisor_cut_of_a_cnn_reuses_the_captured_stage(tiny_checkpoint, tmp_path, monkeypatch):
     """A CNN's head reads the cut stage's pooled output, which the full-depth pass captured: no second pass."""
-    import hf_finetune.recipe as recipe
-
-    real = recipe.probe_stages
-
-    def rigged(stage_features, num_labels, **kwargs):
-        probe = real(stage_features, num_labels, **kwargs)
-        scores = {"embeddings": 0.5, "blocks.0": 0.6, "blocks.1": 0.9, "blocks.2": 0.7, "blocks.3": 0.6}
-        stages = [replace(s, macro_f1_mean=scores[s.name], fold_scores=[scores[s.name]] * len(s.fold_scores)) for s in probe.stages]
-        return replace(probe, stages=stages)
-
-    monkeypatch.setattr(recipe, "probe_stages", rigged)
-    folder = write_image_folder(tmp_path / "images", per_class=10)
-    out = tmp_path / "out"
-    argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
-    assert main([*argv, "--truncate-after", "auto", "--baseline", "true"]) == 0
+    scores = {"embeddings": 0.5, "blocks.0": 0.6, "blocks.1": 0.9, "blocks.2": 0.7, "blocks.3": 0.6}
+    out = run_with_rigged_stage_probe("resnet", scores, tiny_checkpoint, tmp_path, monkeypatch)
     config = json.loads((out / "run_config.json").read_text())
     assert config["truncation"]["after"] == "blocks.1"
     features = config["features"]
