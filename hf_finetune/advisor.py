@@ -67,9 +67,9 @@ ADVISOR_FIELDS = (
 # more than TRUNCATION_NOISE_SE standard errors of the fold-paired difference (every stage is scored on the same CV
 # folds) and by at least MIN_TRUNCATION_GAIN macro-F1: a smaller gain is not worth the lost capacity.
 TRUNCATION_NOISE_SE = 2.0
+MIN_TRUNCATION_GAIN = 0.01
 # The top stage's LR of a fine-tune of small data from the probe head (LP-FT), and the head's too (multiplier 1).
 LP_FT_SMALL_LEARNING_RATE = 1e-4
-MIN_TRUNCATION_GAIN = 0.01
 # Values of the depth fields that are not a stage (see FinetuneArguments.truncate_after).
 _UNDECIDED = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
 

@@ -217,4 +217,3 @@ def probe_model(model_args: ModelArguments, splits: DataSplits, finetune_args: F
     model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed, finetune_args.truncate_after)
     write_probe_into_head(model, probe)
     return model
-

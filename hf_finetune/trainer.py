@@ -33,8 +33,10 @@ from .regularization import L2SP, balanced_sample_weights, classification_loss
 from .schedule_log import ScheduleRecorderCallback
 
 logger = logging.getLogger(__name__)
+
 # Fused AdamW runs on CPU, CUDA and MPS from torch 2.8 on (transformers' own default from that version).
 _FUSED_ADAMW = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
+
 
 class FinetuneTrainer(Trainer):
     """A `Trainer` whose optimizer has one group per backbone stage (and the head) with layer-wise LR decay.
