@@ -28,10 +28,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E4
 from transformers import logging as hf_logging  # noqa: E402
 
 from hf_finetune import FinetuneArguments, FinetuneTrainingArguments, load_model_and_processor  # noqa: E402
-from hf_finetune.data import collate, resolve_preprocessing  # noqa: E402
-from hf_finetune.freezing import StageUnfreezeCallback  # noqa: E402
-from hf_finetune.schedule_log import ScheduleRecorderCallback  # noqa: E402
-from hf_finetune.trainer import FinetuneTrainer  # noqa: E402
+from hf_finetune.data.transforms import collate, resolve_preprocessing  # noqa: E402
+from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback  # noqa: E402
+from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback  # noqa: E402
+from hf_finetune.training.trainer import FinetuneTrainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 def probe_seconds(model_path: str, dataset: str, cache_dir: str, seed: int) -> dict:
     from hf_finetune import DataArguments, load_splits
-    from hf_finetune.baseline import baseline_report
-    from hf_finetune.features import compute_split_features
-    from hf_finetune.recipe import load_model
-    from hf_finetune.arguments import ModelArguments
+    from hf_finetune.probing.linear_probe import baseline_report
+    from hf_finetune.probing.features import compute_split_features
+    from hf_finetune.recipe.prepare import load_model
+    from hf_finetune.config.sources import ModelArguments
 
     splits = load_splits(DataArguments(dataset=dataset), seed=seed)
     model, processor = load_model(ModelArguments(model=model_path), splits, None, seed)
@@ -45,8 +45,8 @@ def probe_seconds(model_path: str, dataset: str, cache_dir: str, seed: int) -> d
 def one_epoch_seconds(model_path: str, dataset: str, seed: int) -> dict:
     from transformers.trainer_utils import TrainOutput
 
-    from hf_finetune.cli import parse_args
-    from hf_finetune.run import prepare_run
+    from hf_finetune.cli.main import parse_args
+    from hf_finetune.pipeline.run import prepare_run
 
     out = tempfile.mkdtemp(prefix="probe_speed_")
     args = parse_args(["--model", model_path, "--dataset", dataset, "--output-dir", out, "--strategy", "full",

@@ -92,8 +92,8 @@ def prepared_dataset(source: Path, max_train: int, work_dir: Path) -> tuple[Path
 
 
 def _phase_name(model: Any) -> str:
-    from hf_finetune.backbone import split_stages
-    from hf_finetune.freezing import trainable_stage_names
+    from hf_finetune.backbones.split import split_stages
+    from hf_finetune.training.callbacks.freezing import trainable_stage_names
 
     stage_map = split_stages(model)
     trainable = trainable_stage_names(model, stage_map)
@@ -148,7 +148,7 @@ def _test_scorer(model_path: str, test_split: Any, bf16: bool) -> Any:
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import AutoImageProcessor
 
-    from hf_finetune.data import to_rgb
+    from hf_finetune.data.images import to_rgb
 
     processor = AutoImageProcessor.from_pretrained(model_path)
     images = [to_rgb(image) for image in test_split["image"]]
@@ -173,7 +173,7 @@ def _test_scorer(model_path: str, test_split: Any, bf16: bool) -> Any:
 def fastai_flags(model_path: str) -> list[str]:
     """hf_finetune flags that reproduce fastai's `fine_tune(4, freeze_epochs=1)` as closely as its options allow."""
     from hf_finetune import load_model_and_processor
-    from hf_finetune.backbone import split_stages
+    from hf_finetune.backbones.split import split_stages
 
     model, _ = load_model_and_processor(model_path, {0: "a", 1: "b"})
     depth = len(split_stages(model).backbone)
@@ -203,8 +203,8 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from hf_finetune.arguments import DataArguments
-    from hf_finetune.data import load_splits
+    from hf_finetune.config.sources import DataArguments
+    from hf_finetune.data.splits import load_splits
 
     method, model_path, dataset, seed, out = job["method"], job["model"], job["dataset"], job["seed"], job["output_dir"]
     splits = load_splits(DataArguments(dataset=dataset), seed=seed)
@@ -220,8 +220,8 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
         result = run_plain(model_path, splits, seed, out, bf16=job["bf16"], callbacks=callbacks)
         accuracy, macro_f1, extra = result["accuracy"], result["macro_f1"], {}
     else:
-        from hf_finetune.cli import parse_args
-        from hf_finetune.run import run_finetune
+        from hf_finetune.cli.main import parse_args
+        from hf_finetune.pipeline.run import run_finetune
 
         argv = ["--model", model_path, "--dataset", dataset, "--output-dir", out, "--seed", str(seed),
                 "--overwrite-output-dir", "true", "--disable-tqdm", "true", "--feature-cache-dir", job["feature_cache"],

@@ -80,7 +80,7 @@ def finished_run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
 
     Shared by the card, hub and demo tests: tests that change files work on a copy (`copy_run`).
     """
-    from hf_finetune.cli import main
+    from hf_finetune.cli.main import main
 
     root = tmp_path_factory.mktemp("finished_run")
     folder = write_image_folder(root / "images", per_class=10)

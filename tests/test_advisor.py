@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_finetune.advisor import (
-    ADVISOR_FIELDS,
-    LARGE_IMAGES_PER_CLASS,
-    SIMILAR_LIFT,
-    DatasetMeasurements,
-    knn_cross_validated_accuracy,
-    plan_recipe,
-    undecided_fields,
-)
-from hf_finetune.cli import main
+from hf_finetune.recipe.advisor import ADVISOR_FIELDS, SIMILAR_LIFT, plan_recipe, undecided_fields
+from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, DatasetMeasurements, knn_cross_validated_accuracy
+from hf_finetune.cli.main import main
 
 
 def measured(per_class: int, knn_bacc: float, grayscale: float = 0.0, classes: int = 2, fps: float = 50.0) -> DatasetMeasurements:
@@ -228,7 +221,7 @@ def test_recipe_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path
 
 
 def test_help_says_which_choices_the_advisor_makes():
-    from hf_finetune.cli import build_parser
+    from hf_finetune.cli.main import build_parser
 
     text = " ".join(build_parser().format_help().split())
     assert "auto (default: the recipe advisor" in text
@@ -238,9 +231,9 @@ def test_help_says_which_choices_the_advisor_makes():
 
 
 def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path):
-    from hf_finetune.cli import parse_args
-    from hf_finetune.data import load_splits
-    from hf_finetune.recipe import load_model, prepare_recipe
+    from hf_finetune.cli.main import parse_args
+    from hf_finetune.data.splits import load_splits
+    from hf_finetune.recipe.prepare import load_model, prepare_recipe
 
     folder = _gray_folder(tmp_path / "gray")
     argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(tmp_path / "out"),
@@ -263,7 +256,7 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     assert {"strategy", "num_train_epochs", "layer_decay"} <= set(resumed.record["recipe"]["reused_on_resume"])
     assert resumed.record["recipe"]["choices"]["strategy"]["value"] == "full"
     # The recorded cut is made again, so the model matches the checkpoints the resume continues from.
-    from hf_finetune.truncation import truncation_of
+    from hf_finetune.backbones.truncation import truncation_of
 
     assert finetune_args.truncate_after == "blocks.0" and truncation_of(resumed.model)["after"] == "blocks.0"
 
@@ -271,8 +264,8 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
 def test_probe_wins_only_for_an_advisor_strategy_with_a_better_validation_score():
     from types import SimpleNamespace
 
-    from hf_finetune.advisor import Choice
-    from hf_finetune.recipe import PreparedRecipe, probe_wins
+    from hf_finetune.recipe.advisor import Choice
+    from hf_finetune.recipe.prepare import PreparedRecipe, probe_wins
 
     def prepared(source):
         plan = SimpleNamespace(choices={"strategy": Choice("full", "why", source)})
@@ -288,7 +281,7 @@ def test_probe_wins_only_for_an_advisor_strategy_with_a_better_validation_score(
 
 
 def test_a_fine_tune_that_never_beats_its_probe_start_saves_the_probe(tiny_checkpoint, tmp_path, monkeypatch):
-    import hf_finetune.run as run_module
+    import hf_finetune.pipeline.run as run_module
 
     real = run_module.probe_wins
 

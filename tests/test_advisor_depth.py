@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import FAST_RUN_FLAGS, write_image_folder
-from hf_finetune.advisor import DatasetMeasurements, plan_recipe, propose_truncation
-from hf_finetune.cli import main
-from hf_finetune.stage_probe import StageProbe, StageScore
+from hf_finetune.recipe.measure import DatasetMeasurements
+from hf_finetune.recipe.advisor import plan_recipe, propose_truncation
+from hf_finetune.cli.main import main
+from hf_finetune.probing.stage_probe import StageProbe, StageScore
 
 NAMES = ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"]
 
@@ -85,7 +86,7 @@ def test_the_flag_wins():
 def run_with_rigged_stage_probe(kind, scores, tiny_checkpoint, tmp_path, monkeypatch):
     """`--truncate-after auto --baseline true` on a tiny `kind` model whose stage probe reports `scores` (one per
     stage, checked against the real probe's stages); returns the output directory."""
-    import hf_finetune.recipe as recipe
+    import hf_finetune.recipe.prepare as recipe
 
     real = recipe.probe_stages
 

@@ -15,13 +15,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from hf_finetune.backbone import (
-    Stage,
-    StageMap,
-    load_model_and_processor,
-    no_weight_decay_names,
-    split_stages,
-)
+from hf_finetune.backbones.stages import Stage, StageMap
+from hf_finetune.backbones.loading import load_model_and_processor
+from hf_finetune.backbones.targets import no_weight_decay_names
+from hf_finetune.backbones.split import split_stages
 
 try:
     from tests.tiny_models import EXTRA_KINDS, HEADLESS_KINDS, TINY_KINDS, save_tiny_model

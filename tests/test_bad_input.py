@@ -14,9 +14,9 @@ from PIL import Image
 from bad_files import BROKEN_KINDS, MODES, write_broken_file, write_mode_image
 from conftest import write_image_folder
 from hf_finetune import DataArguments, load_splits
-from hf_finetune.cli import main
-from hf_finetune.data import attach_transforms
-from hf_finetune.image_check import image_problem
+from hf_finetune.cli.main import main
+from hf_finetune.data.transforms import attach_transforms
+from hf_finetune.data.check import image_problem
 
 FAST = ["--strategy", "head_then_unfreeze", "--num-train-epochs", "1", "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]
 
@@ -76,7 +76,7 @@ def test_sixteen_bit_png_keeps_its_contrast_through_datasets(tmp_path):
     ramp = (np.arange(24 * 24).reshape(24, 24) * 100).astype(np.uint16)  # 0 .. 57500: all above 8 bits
     Image.fromarray(ramp).save(root / "a" / "deep.png")
     splits = load_splits(DataArguments(dataset=str(root), check_images=True), seed=0)
-    from hf_finetune.data import to_rgb
+    from hf_finetune.data.images import to_rgb
 
     images = [im for split in (splits.train, splits.validation, splits.test) for im in split["image"] if im.mode == "I;16"]
     assert len(images) == 1
@@ -248,7 +248,7 @@ def _fake_run(out: Path, model: str, dataset: str, status: str | None, checkpoin
 
 def test_output_dir_with_the_same_finished_run_is_refused(tmp_path):
     from hf_finetune import DataArguments, ModelArguments
-    from hf_finetune.run import check_output_dir
+    from hf_finetune.pipeline.record import check_output_dir
 
     _fake_run(tmp_path / "o", "m", "d", "finished", checkpoint=True)
     with pytest.raises(ValueError, match="already holds a run of this model and dataset. Pass --resume-from-checkpoint"):
@@ -257,7 +257,7 @@ def test_output_dir_with_the_same_finished_run_is_refused(tmp_path):
 
 def test_unfinished_run_continues_from_its_last_complete_checkpoint(tmp_path, caplog):
     from hf_finetune import DataArguments, ModelArguments
-    from hf_finetune.run import check_output_dir
+    from hf_finetune.pipeline.record import check_output_dir
 
     _fake_run(tmp_path / "o", "m", "d", "interrupted", checkpoint=True, strategy="full")
     args = (str(tmp_path / "o"), ModelArguments(model="m"), DataArguments(dataset="d"), False, False)

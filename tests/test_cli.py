@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_finetune.cli import main
+from hf_finetune.cli.main import main
 
 FAST = ["--strategy", "head_then_unfreeze", "--num-train-epochs", "3", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
 
@@ -101,7 +101,7 @@ def test_invalid_flags_are_rejected_at_parse_time(flags, message, capsys, tmp_pa
 def test_data_loading_workers_default_to_the_machine(monkeypatch):
     import torch
 
-    from hf_finetune.arguments import FinetuneTrainingArguments
+    from hf_finetune.config.training import FinetuneTrainingArguments
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -109,7 +109,7 @@ def test_data_loading_workers_default_to_the_machine(monkeypatch):
     assert FinetuneTrainingArguments(output_dir="o", dataloader_num_workers=3).dataloader_num_workers == 3
     assert FinetuneTrainingArguments(output_dir="o").dataloader_pin_memory is False  # no GPU: pinning only warns
     assert FinetuneTrainingArguments(output_dir="o", dataloader_pin_memory=True).dataloader_pin_memory is True
-    from hf_finetune.arguments import default_num_workers
+    from hf_finetune.config.training import default_num_workers
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
@@ -128,7 +128,7 @@ def test_help_explains_every_flag():
 
 
 def test_yaml_config_file(tmp_path, tiny_checkpoint, image_folder):
-    from hf_finetune.cli import parse_args
+    from hf_finetune.cli.main import parse_args
 
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_checkpoint('vit')}\ndataset: {image_folder}\nstrategy: top_k\ntop_k: 1\nnum_train_epochs: 2\n")

@@ -10,7 +10,8 @@ from PIL import Image
 
 from conftest import write_image_folder
 from hf_finetune import DataArguments, load_splits
-from hf_finetune.data import resolve_preprocessing, to_rgb
+from hf_finetune.data.transforms import resolve_preprocessing
+from hf_finetune.data.images import to_rgb
 
 
 def test_train_only_folder_gets_stratified_validation_and_test(image_folder):

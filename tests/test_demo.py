@@ -12,8 +12,8 @@ import pytest
 from huggingface_hub import SpaceCard
 from PIL import Image
 
-from hf_finetune.cli import main
-from hf_finetune.demo import SPACES_DEMO_DIR, load_app
+from hf_finetune.cli.main import main
+from hf_finetune.sharing.demo import SPACES_DEMO_DIR, load_app
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches the network on its own (updates, sync, QUIC probes, first-run pages).
@@ -47,7 +47,7 @@ def test_example_images_are_spread_over_classes_from_decoded_or_undecoded_images
     import datasets
 
     from hf_finetune import DataArguments, load_splits
-    from hf_finetune.demo import save_example_images
+    from hf_finetune.sharing.demo import save_example_images
 
     splits = load_splits(DataArguments(dataset=str(image_folder)), seed=0)
     for name, split in (("decoded", splits.test), ("undecoded", splits.test.cast_column("image", datasets.Image(decode=False)))):

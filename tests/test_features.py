@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hf_finetune import DataArguments, load_model_and_processor, load_splits
-from hf_finetune.baseline import baseline_report, fit_linear_probe, write_probe_into_head
-from hf_finetune.features import FeatureSet, compute_split_features, extract_features, head_features_from_stage, head_linear_layers
-from hf_finetune.truncation import truncate_model
+from hf_finetune.probing.linear_probe import baseline_report, fit_linear_probe, write_probe_into_head
+from hf_finetune.probing.features import FeatureSet, compute_split_features, head_features_from_stage
+from hf_finetune.backbones.taps import extract_features, head_linear_layers
+from hf_finetune.backbones.truncation import truncate_model
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_features_are_the_heads_input(kind, loaded):
 
 
 def test_feature_cache_is_reused_and_keyed_by_preprocessing(loaded, tmp_path, monkeypatch):
-    import hf_finetune.features as features_module
+    import hf_finetune.probing.features as features_module
 
     monkeypatch.setattr(features_module, "MIN_TIMED_IMAGES", 10)
     splits, model, processor, path = loaded("vit")

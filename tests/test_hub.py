@@ -13,8 +13,9 @@ from huggingface_hub.hf_api import RepoUrl
 from huggingface_hub.utils import filter_repo_objects
 
 from conftest import FAST_RUN_FLAGS, copy_run, write_image_folder
-from hf_finetune.cli import main
-from hf_finetune.hub import IGNORE_PATTERNS, redact_argv, uploaded_files
+from hf_finetune.cli.main import main
+from hf_finetune.sharing.hub import IGNORE_PATTERNS, uploaded_files
+from hf_finetune.config.command import redact_argv
 
 SECRET = "hf_NotARealTokenButSecret0123456789"
 

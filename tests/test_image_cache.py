@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_finetune.augment import min_crop_scale
-from hf_finetune.data import ToNormalizedTensor
-from hf_finetune.image_cache import DecodeCache, downscale, open_image, train_min_side
+from hf_finetune.data.transforms import min_crop_scale
+from hf_finetune.data.transforms import ToNormalizedTensor
+from hf_finetune.data.images import DecodeCache, downscale, open_image, train_min_side
 
 
 def _jpeg_ref(width: int, height: int) -> dict:

@@ -11,7 +11,7 @@ import subprocess
 
 from cli_runs import QUIET, REPO, cli_env, complete_checkpoints, start_cli, wait_for_checkpoint
 from conftest import write_image_folder
-from hf_finetune.cli import main
+from hf_finetune.cli.main import main
 
 TIMING = ("runtime", "samples_per_second", "steps_per_second")
 
@@ -104,7 +104,7 @@ def test_a_far_too_high_learning_rate_is_caught_as_nan(tmp_path, tiny_checkpoint
 
 
 def test_resume_command_replaces_the_resume_flag_and_hides_the_token():
-    from hf_finetune.interrupt import resume_command
+    from hf_finetune.cli.main import resume_command
 
     command = resume_command(["--hub-token", "hf_x", "--resume-from-checkpoint", "old", "--seed", "3"], "runs/x/checkpoint-9")
     assert command.endswith("-m hf_finetune --hub-token '<HUB_TOKEN>' --seed 3 --resume-from-checkpoint runs/x/checkpoint-9")

@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 
 from hf_finetune import DataArguments, load_splits
-from hf_finetune.cli import main
-from hf_finetune.evaluation import without_timing
-from hf_finetune.kfold import kfold_splits, t_interval
+from hf_finetune.cli.main import main
+from hf_finetune.evaluation.metrics import without_timing
+from hf_finetune.evaluation.kfold import kfold_splits, t_interval
 
 
 def test_t_interval():

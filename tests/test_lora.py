@@ -25,7 +25,7 @@ from hf_finetune import (
     split_stages,
     unfreeze_units,
 )
-from hf_finetune.cli import main
+from hf_finetune.cli.main import main
 from test_training import Snapshots, changed, stage_tensors
 from tiny_models import TINY_KINDS
 

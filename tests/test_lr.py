@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from hf_finetune.lr_curves import CYCLIC_LOW, ONE_CYCLE_END, ONE_CYCLE_START, PlateauLRCallback, cyclic, one_cycle
-from hf_finetune.lr_find import lr_range_test, save_lr_find, suggest_learning_rate
-from hf_finetune.lr_schedule import build_staged_scheduler
+from hf_finetune.training.lr_curves import CYCLIC_LOW, ONE_CYCLE_END, ONE_CYCLE_START, cyclic, one_cycle
+from hf_finetune.training.callbacks.plateau import PlateauLRCallback
+from hf_finetune.training.lr_find import lr_range_test, save_lr_find, suggest_learning_rate
+from hf_finetune.training.lr_schedule import build_staged_scheduler
 from test_training import make_trainer
 
 
@@ -110,7 +111,7 @@ def test_lr_range_test_restores_the_model_and_writes_plot_and_json(tiny_checkpoi
 
 
 def test_lr_find_subcommand(tiny_checkpoint, image_folder, tmp_path, capsys):
-    from hf_finetune.cli import main
+    from hf_finetune.cli.main import main
 
     out = tmp_path / "lr"
     argv = ["lr-find", "--model", tiny_checkpoint("vit"), "--dataset", str(image_folder), "--output-dir", str(out),
@@ -123,7 +124,7 @@ def test_lr_find_subcommand(tiny_checkpoint, image_folder, tmp_path, capsys):
 def test_trainer_reduce_on_plateau_type_uses_the_gated_plateau_schedule():
     from transformers.trainer_utils import SchedulerType
 
-    from hf_finetune.lr_curves import uses_plateau
+    from hf_finetune.training.lr_curves import uses_plateau
 
     assert uses_plateau("trainer", SchedulerType("reduce_lr_on_plateau")) and uses_plateau("plateau", "cosine")
     assert not uses_plateau("trainer", SchedulerType("cosine"))

@@ -11,8 +11,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import SHARED, copy_run
-from hf_finetune.cli import main
-from hf_finetune.model_card import build_model_card, wilson_interval
+from hf_finetune.cli.main import main
+from hf_finetune.sharing.model_card import build_model_card, wilson_interval
 
 
 def _card(out) -> str:

@@ -12,18 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hf_finetune.augment import BatchMixer, augmentation_ops
-from hf_finetune.data import Preprocessing, build_train_transform
-from hf_finetune.monitor import GapMonitorCallback, TrainPredictionLog
-from hf_finetune.regularization import (
-    L2SP,
-    add_head_dropout,
-    balanced_sample_weights,
-    class_counts,
-    classification_loss,
-    imbalance_ratio,
-    inverse_frequency_weights,
-)
+from hf_finetune.data.mixing import BatchMixer
+from hf_finetune.data.transforms import augmentation_ops
+from hf_finetune.data.transforms import Preprocessing, build_train_transform
+from hf_finetune.training.callbacks.monitor import GapMonitorCallback, TrainPredictionLog
+from hf_finetune.training.regularization import L2SP, add_head_dropout, balanced_sample_weights, class_counts, classification_loss, imbalance_ratio, inverse_frequency_weights
 from test_training import make_trainer
 
 PRE = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")

@@ -9,12 +9,12 @@ import pytest
 
 from conftest import SHARED
 from hf_finetune import DataArguments, load_splits, measure_dataset, plan_recipe
-from hf_finetune.arguments import ModelArguments
-from hf_finetune.baseline import baseline_report
-from hf_finetune.features import compute_split_features
-from hf_finetune.freezing import unfreeze_units
-from hf_finetune.backbone import split_stages
-from hf_finetune.recipe import load_model
+from hf_finetune.config.sources import ModelArguments
+from hf_finetune.probing.linear_probe import baseline_report
+from hf_finetune.probing.features import compute_split_features
+from hf_finetune.training.callbacks.freezing import unfreeze_units
+from hf_finetune.backbones.split import split_stages
+from hf_finetune.recipe.prepare import load_model
 
 ASSETS = SHARED if SHARED.is_dir() else Path("/work/shared")
 MODEL = ASSETS / "models" / "efficientnet_lite0"

@@ -14,7 +14,7 @@ import torch
 from cli_runs import QUIET, REPO, cli_env, run_cli
 from conftest import write_image_folder
 from hf_finetune import load_model_and_processor
-from hf_finetune.cli import main
+from hf_finetune.cli.main import main
 
 
 class _Payload:

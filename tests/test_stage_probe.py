@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from hf_finetune import DataArguments, load_model_and_processor, load_splits, split_stages
-from hf_finetune.cli import main
-from hf_finetune.features import FeatureSet, compute_split_features, extract_features
-from hf_finetune.stage_probe import StageScore, paired_difference, probe_stages
+from hf_finetune.cli.main import main
+from hf_finetune.probing.features import FeatureSet, compute_split_features
+from hf_finetune.backbones.taps import extract_features
+from hf_finetune.probing.stage_probe import StageScore, paired_difference, probe_stages
 
 
 def _features(kind, tiny_checkpoint, image_folder, cache_dir, **kwargs):
@@ -109,8 +110,8 @@ def test_probe_command_errors(tiny_checkpoint, image_folder, tmp_path, capsys):
 
 
 def test_stage_pooling_of_token_models_follows_the_head(tiny_checkpoint, image_folder, tmp_path):
-    from hf_finetune.backbone import token_pooling
-    from hf_finetune.features import pool_stage_output
+    from hf_finetune.backbones.split import token_pooling
+    from hf_finetune.backbones.taps import pool_stage_output
 
     splits = load_splits(DataArguments(dataset=str(image_folder)), seed=0)
     pools = {kind: token_pooling(load_model_and_processor(tiny_checkpoint(kind), splits.id2label)[0]) for kind in ("vit", "swin", "beit", "timm_vit", "timm")}

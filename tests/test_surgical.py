@@ -10,8 +10,8 @@ import torch
 
 from conftest import write_image_folder
 from hf_finetune import FinetuneArguments, load_model_and_processor, split_stages
-from hf_finetune.cli import main
-from hf_finetune.param_groups import stage_learning_rates
+from hf_finetune.cli.main import main
+from hf_finetune.training.param_groups import stage_learning_rates
 
 FLAGS = ["--baseline", "false", "--num-train-epochs", "2", "--per-device-train-batch-size", "8", "--learning-rate", "5e-3", "--disable-tqdm", "true"]
 

@@ -21,8 +21,8 @@ from hf_finetune import (
     split_stages,
     unfreeze_units,
 )
-from hf_finetune.lr_schedule import build_staged_scheduler, refresh_learning_rates, stage_gate
-from hf_finetune.param_groups import stage_learning_rates
+from hf_finetune.training.lr_schedule import build_staged_scheduler, refresh_learning_rates, stage_gate
+from hf_finetune.training.param_groups import stage_learning_rates
 
 CNN_KINDS = ("resnet", "mobilenet_v2", "efficientnet", "timm")
 

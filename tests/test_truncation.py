@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import FAST_RUN_FLAGS, write_image_folder
 from hf_finetune import load_model_and_processor, split_stages
-from hf_finetune.backbone import TRUNCATION_FIELD
-from hf_finetune.cli import main
-from hf_finetune.features import FeatureTaps
-from hf_finetune.truncation import REMOTE_CODE_FILE, truncate_model
+from hf_finetune.backbones.stages import TRUNCATION_FIELD
+from hf_finetune.cli.main import main
+from hf_finetune.backbones.taps import FeatureTaps
+from hf_finetune.backbones.truncation import REMOTE_CODE_FILE, truncate_model
 
 LABELS = {0: "cat", 1: "dog", 2: "fish"}
 # kind -> (cut, stages kept before the head)
@@ -122,7 +122,7 @@ def test_cli_run_with_truncation(tiny_checkpoint, tmp_path):
     """Training loop, best-checkpoint reload, test evaluation, saved model, card and demo on a truncated ViT."""
     from transformers import pipeline
 
-    from hf_finetune.demo import load_app
+    from hf_finetune.sharing.demo import load_app
 
     folder = write_image_folder(tmp_path / "images", per_class=10)
     out = tmp_path / "out"

@@ -1,0 +1,35 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from hf_finetune.sharing.demo import load_app
+
+logger = logging.getLogger(__name__)
+
+
+def demo_main(argv: list[str]) -> int:
+    """`python -m hf_finetune demo OUTPUT_DIR`: serves the demo on http://127.0.0.1:PORT until interrupted."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_finetune demo",
+        description="Launch the Gradio demo (spaces_demo/app.py) locally for a fine-tuned model.",
+    )
+    parser.add_argument("model", help="The --output-dir of a finished run, or a Hub model id.")
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1: this machine only).")
+    parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
+    parser.add_argument("--top-k", type=int, default=None, help="Labels shown per prediction (default: up to 5).")
+    args = parser.parse_args(argv)
+    if os.path.exists(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
+        print(
+            f"error: `{args.model}` holds no config.json: pass the --output-dir of a finished run (it holds the saved "
+            "model) or a Hub model id.",
+            file=sys.stderr,
+        )
+        return 2
+    app = load_app()
+    app.launch(app.build_demo(args.model, top_k=args.top_k), host=args.host, port=args.port)
+    return 0

@@ -1,0 +1,27 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from hf_finetune.training.lr_find import lr_range_test, save_lr_find
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m hf_finetune lr-find --model ... --dataset ... [--output-dir ...]`: sweep, plot, print the suggestion."""
+    from hf_finetune.cli.main import parse_args
+    from hf_finetune.pipeline.run import prepare_run
+
+    try:
+        model_args, data_args, finetune_args, training_args, share_args = parse_args(argv)
+        prepared = prepare_run(model_args, data_args, finetune_args, training_args, share_args=share_args)
+        result = lr_range_test(prepared.trainer)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    json_path, plot_path = save_lr_find(result, training_args.output_dir)
+    print(f"hf_finetune lr-find: suggested --learning-rate {result.suggestion:.2e} -> {plot_path}, {json_path}")
+    return 0

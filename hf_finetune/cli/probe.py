@@ -1,0 +1,79 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from hf_finetune.config.files import STAGE_PROBE_FILE
+from hf_finetune.config.sources import DataArguments, ModelArguments
+from hf_finetune.probing.stage_probe import PROBE_FOLDS, StageProbe, probe_stages, write_stage_probe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageProbeArguments:
+    """`python -m hf_finetune probe`: where to write, and how to cross-validate."""
+
+    output_dir: str = field(metadata={"help": "Where stage_probe.json and stage_probe.png are written."})
+    folds: int = field(default=PROBE_FOLDS, metadata={"help": "Stratified cross-validation folds on the train split."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed of the train/validation/test split (as `--seed` of a run) and of the CV folds."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Images per forward pass of the feature pass."})
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where frozen features are cached (default: ~/.cache/hf_finetune/features)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"`--folds` must be at least 2, got {self.folds}.")
+        if self.batch_size < 1:
+            raise ValueError(f"`--batch-size` must be >= 1, got {self.batch_size}.")
+
+
+def run_stage_probe(model_args: ModelArguments, data_args: DataArguments, args: StageProbeArguments) -> StageProbe:
+    """Loads the splits and the model, runs the feature pass (every stage) and the probe, writes the results."""
+    from hf_finetune.data.splits import load_splits
+    from hf_finetune.recipe.prepare import feature_pass, load_model
+
+    splits = load_splits(data_args, seed=args.seed)
+    model, processor = load_model(model_args, splits, None, args.seed)
+    features = feature_pass(model, processor, splits, model_args, args.feature_cache_dir, args.batch_size, stages=True)
+    probe = probe_stages(features.stages, len(splits.labels), folds=args.folds, seed=args.seed)
+    if probe is None:
+        raise ValueError(
+            f"`--dataset` {data_args.dataset!r}: the stage probe cross-validates on the train split and needs at least "
+            "2 train images in every class."
+        )
+    extra = {"model": model_args.model, "dataset": data_args.dataset, "num_train": len(splits.train), "features": features.summary()}
+    write_stage_probe(probe, args.output_dir, extra)
+    return probe
+
+
+def probe_main(argv: list[str]) -> int:
+    """`python -m hf_finetune probe --model M --dataset D --output-dir OUT`."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, StageProbeArguments),
+        prog="python -m hf_finetune probe",
+        description="Linear probe on the frozen, pooled output of every backbone stage (stratified k-fold CV on the "
+        "train split): writes OUTPUT_DIR/stage_probe.json and stage_probe.png.",
+    )
+    try:
+        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+        probe = run_stage_probe(model_args, data_args, args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    best, top = probe.best, probe.top
+    print(
+        f"hf_finetune probe: best stage {best.name} (CV macro-F1 {best.macro_f1_mean:.4f} +/- {best.macro_f1_std:.4f}), "
+        f"top stage {top.name} ({top.macro_f1_mean:.4f} +/- {top.macro_f1_std:.4f}) -> "
+        f"{os.path.join(args.output_dir, STAGE_PROBE_FILE)}"
+    )
+    return 0

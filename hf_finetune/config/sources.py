@@ -1,0 +1,80 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf_finetune.config.choices import _ADVISOR, AUGMENTATIONS
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone to fine-tune and how to load it."""
+
+    model: str = field(
+        metadata={
+            "help": "Backbone to fine-tune: a Hub id (e.g. facebook/dinov2-small, timm/resnet50.a1_in1k) or a "
+            "local directory holding config.json and weights. Both go through the same from_pretrained path."
+        }
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --model."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded Hub files are cached."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom model code from the Hub repo to run. Off by default: only enable for repos you trust."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which images to train on and how to split them."""
+
+    dataset: str = field(
+        metadata={
+            "help": "A local ImageFolder directory (class sub-folders, optionally under train/ val/ test/) or a Hub "
+            "dataset id."
+        }
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column holding the images (default: the dataset's only Image column)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding the labels (default: the dataset's only ClassLabel column)."}
+    )
+    validation_fraction: float = field(
+        default=0.15,
+        metadata={"help": "Share of train held out (stratified) for validation when the dataset has no usable one."},
+    )
+    test_fraction: float = field(
+        default=0.15,
+        metadata={
+            "help": "Share of train held out (stratified) as the test split when the dataset has neither a test nor a "
+            "validation split. With train + validation only, the given validation split becomes the untouched "
+            "test split and a fresh validation split is carved from train."
+        },
+    )
+    augmentation: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Training augmentation, one of {AUGMENTATIONS}: light = random resized crop + flip; medium adds "
+            "colour jitter and TrivialAugment; strong = wider crops + RandAugment + colour jitter + random erasing. "
+            f"({_ADVISOR}: light for a fine-tune of few images from the probe head, medium for large data from a "
+            "different domain; the probe needs none.)"
+        },
+    )
+    check_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode every image once before training and leave out (with a logged list, recorded in "
+            "run_config.json) the ones that cannot be read, instead of failing mid-epoch."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ValueError(f"`--{name.replace('_', '-')}` must lie in (0, 0.5), got {value}.")
+        if self.augmentation is not None and self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"`--augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")

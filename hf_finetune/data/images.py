@@ -1,0 +1,112 @@
+"""Decode each image once: an in-memory cache of decoded (and, where the transform allows, downscaled)
+images and of finished evaluation tensors, within a byte budget.
+
+Small datasets are read every epoch; decoding a 2592x1944 JPEG to train on a 224x224 crop wastes most
+of a CPU step. Training images are kept downscaled so that even the smallest random-resized crop still
+has at least the model's input resolution (JPEGs are decoded at reduced scale with `draft`). Validation
+and test inputs are deterministic, so their final tensors are kept as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+# Enough for a few thousand training images at ~380 px plus their evaluation tensors on a laptop.
+DEFAULT_BUDGET_BYTES = 2 * 1024**3
+
+
+def image_key(ref: dict[str, Any]) -> str:
+    """A stable key of an undecoded `datasets.Image` value: its path, or a hash of its bytes."""
+    if ref.get("path"):
+        return ref["path"]
+    return f"bytes:{hash(ref['bytes'])}"
+
+
+def open_image(ref: dict[str, Any], min_side: int | None = None) -> Image.Image:
+    """Decodes an undecoded `datasets.Image` value ({"path", "bytes"}), at reduced JPEG scale when `min_side` allows."""
+    source = io.BytesIO(ref["bytes"]) if ref.get("bytes") is not None else ref["path"]
+    image = Image.open(source)
+    if min_side is not None and image.format == "JPEG":
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly, keeping the short side >= min_side.
+        image.draft("RGB", (min_side, min_side))
+    image.load()
+    return image
+
+
+def downscale(image: Image.Image, min_side: int) -> Image.Image:
+    """Shrinks `image` so its shorter side is `min_side` (never enlarges)."""
+    short = min(image.size)
+    if short <= min_side:
+        return image
+    scale = min_side / short
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+
+
+def train_min_side(crop: tuple[int, int], min_crop_scale: float) -> int:
+    """Shorter side that keeps the smallest random-resized crop (area fraction `min_crop_scale`) at full resolution."""
+    return math.ceil(max(crop) / math.sqrt(min_crop_scale))
+
+
+class DecodeCache:
+    """Memoises `make(ref)` per image key while the total size stays within `budget_bytes`.
+
+    Args:
+        make (`Callable`): builds the cached value (a PIL image or a tensor) from an undecoded image reference.
+        budget_bytes (`int`): stop adding entries beyond this many bytes (values are still returned, just not kept).
+    """
+
+    def __init__(self, make: Callable[[dict[str, Any]], Any], budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.make = make
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self._store: dict[str, Any] = {}
+        self._full_logged = False
+
+    @staticmethod
+    def _size(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.element_size() * value.nelement()
+        return value.width * value.height * len(value.getbands())
+
+    def get(self, ref: dict[str, Any]) -> Any:
+        key = image_key(ref)
+        value = self._store.get(key)
+        if value is None:
+            value = self.make(ref)
+            size = self._size(value)
+            if self.used_bytes + size <= self.budget_bytes:
+                self._store[key] = value
+                self.used_bytes += size
+            elif not self._full_logged:
+                logger.info("Image cache full (%.0f MB): further images are decoded every time.", self.used_bytes / 2**20)
+                self._full_logged = True
+        return value
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Converts any PIL mode (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit integer images: scale to 8 bits instead of clipping everything to white.
+        array = np.asarray(image, dtype=np.float64)
+        high = array.max() or 1.0
+        image = Image.fromarray(np.round(array * (255.0 / high)).astype("uint8"))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")

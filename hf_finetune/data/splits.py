@@ -1,0 +1,295 @@
+"""Data: load an ImageFolder directory or a Hub dataset, make clean stratified splits, and
+turn images into model inputs with the checkpoint's own preprocessing.
+
+The test split is never used for any decision; it is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hf_finetune.config.sources import DataArguments
+
+logger = logging.getLogger(__name__)
+
+
+_VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+
+
+_TEST_NAMES = ("test", "testing")
+
+
+@dataclass
+class DataSplits:
+    """The three splits of one run and how they were made.
+
+    Attributes:
+        train, validation, test (`datasets.Dataset`): the splits, each with the columns `image` and `label`.
+        labels (`list[str]`): class names; label id i is `labels[i]`.
+        provenance (`dict`): which split came from where, recorded in `run_config.json`.
+        skipped_files (`list[dict]`): files left out of the run and why (see `image_check`).
+    """
+
+    train: Any
+    validation: Any
+    test: Any
+    labels: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split, keyed by label name."""
+        out = {}
+        for name in ("train", "validation", "test"):
+            split = getattr(self, name)
+            counter = Counter(split["label"])
+            out[name] = {self.labels[i]: counter.get(i, 0) for i in range(len(self.labels))}
+        return out
+
+
+def _load_raw(data_args: DataArguments):
+    import datasets
+
+    source = data_args.dataset
+    if os.path.isdir(source):
+        return datasets.load_dataset("imagefolder", data_dir=source)
+    if os.path.exists(source):
+        raise ValueError(f"`--dataset` {source!r} is a file; pass an ImageFolder directory or a Hub dataset id.")
+    try:
+        return datasets.load_dataset(source, data_args.dataset_config)
+    except (FileNotFoundError, ConnectionError, OSError) as err:
+        if "offline" in str(err).lower() or isinstance(err, ConnectionError):
+            raise ValueError(
+                f"`--dataset` {source!r} is not a local directory and is not in the datasets cache, and the Hub cannot "
+                f"be reached (offline: {err}). Download it once with network access (e.g. `hf download --repo-type "
+                f"dataset {source}`), or pass a local ImageFolder directory (one sub-folder of images per class)."
+            ) from err
+        raise ValueError(
+            f"`--dataset` {source!r} is neither a local directory nor a Hub dataset that could be loaded ({err}). "
+            "Pass a local ImageFolder directory (class sub-folders of images), or a Hub dataset id while online "
+            "(or cached, with HF_HUB_OFFLINE=1)."
+        ) from err
+
+
+def _pick_column(features: Any, wanted: str | None, kind: str, flag: str) -> str:
+    import datasets
+
+    feature_type = datasets.Image if kind == "image" else datasets.ClassLabel
+    if wanted is not None:
+        if wanted not in features:
+            raise ValueError(f"`--{flag}` {wanted!r} is not a column of the dataset; columns are {list(features)}.")
+        return wanted
+    matches = [name for name, feature in features.items() if isinstance(feature, feature_type)]
+    if len(matches) == 1:
+        return matches[0]
+    what = "an Image" if kind == "image" else "a ClassLabel"
+    raise ValueError(
+        f"Could not tell which column holds the {kind}s: the dataset has {len(matches)} columns of {what} type "
+        f"({matches}) among {list(features)}. Name it with `--{flag}`."
+    )
+
+
+def _as_image_column(raw: Any, column: str) -> Any:
+    """Casts a column of paths or encoded bytes to `datasets.Image`; refuses anything else."""
+    import datasets
+
+    if isinstance(raw["train"].features[column], datasets.Image):
+        return raw
+    try:
+        return raw.cast_column(column, datasets.Image())
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`--image-column` {column!r} holds {raw['train'].features[column]}, not images: name a column of "
+            f"images, image file paths or encoded image bytes ({err})."
+        ) from err
+
+
+def _relabel(raw: Any, column: str, new_ids: dict[Any, int], names: list[str]) -> Any:
+    """Rewrites `column` as a `ClassLabel(names)`, value `v` becoming id `new_ids[v]` (the images stay untouched)."""
+    import datasets
+
+    features = raw["train"].features.copy()
+    features[column] = datasets.ClassLabel(names=names)
+    return raw.map(
+        lambda values: {column: [new_ids[v] for v in values]},
+        input_columns=[column],
+        batched=True,
+        features=features,
+        desc="Relabelling",
+    )
+
+
+def _as_class_label_column(raw: Any, column: str) -> Any:
+    """Encodes a column of strings/integers as one `ClassLabel` shared by every split (sorted class names)."""
+    import datasets
+
+    if isinstance(raw["train"].features[column], datasets.ClassLabel):
+        return raw
+    values = sorted({v for split in raw.values() for v in split[column]}, key=lambda v: (str(type(v)), v))
+    if not values or not all(isinstance(v, (str, int, bool)) for v in values):
+        raise ValueError(
+            f"`--label-column` {column!r} holds {raw['train'].features[column]}: name a column of class names or "
+            "class ids (strings or integers)."
+        )
+    return _relabel(raw, column, {v: i for i, v in enumerate(values)}, [str(v) for v in values])
+
+
+def _drop_empty_classes(raw: Any, column: str) -> tuple[Any, list[str]]:
+    """Removes class names that no image carries any more (every file of the class was unreadable)."""
+    names = raw["train"].features[column].names
+    counts = Counter(label for split in raw.values() for label in split[column])
+    empty = [name for i, name in enumerate(names) if counts[i] == 0]
+    if not empty:
+        return raw, []
+    keep = [i for i in range(len(names)) if counts[i] > 0]
+    logger.warning(
+        "Class(es) %s have no readable image left: they are not classes of this run. Add readable images to train "
+        "on them.",
+        empty,
+    )
+    return _relabel(raw, column, {old: new for new, old in enumerate(keep)}, [names[i] for i in keep]), empty
+
+
+def _find_split(raw: Any, names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if name in raw), None)
+
+
+def _stratified_split(dataset: Any, fraction: float, seed: int, what: str, labels: list[str]) -> tuple[Any, Any, list[str]]:
+    """Splits off `fraction` of `dataset`, stratified by label. Returns (rest, held_out, train-only class names).
+
+    A class with a single image cannot be in both parts: it stays on the training side, with a warning.
+    """
+    import datasets
+
+    label_ids = list(dataset["label"])
+    counts = Counter(label_ids)
+    thin = sorted(label for label, count in counts.items() if count < 2)
+    thin_names = [labels[i] for i in thin]
+    if thin:
+        logger.warning(
+            "Class(es) %s have a single image left for the %s split: kept in train only, so the %s metrics do not "
+            "measure them. Add images (at least 3 per class; better 10+), or provide a %s split.",
+            thin_names, what, what, what,
+        )
+        dataset, kept_aside = (
+            dataset.select([i for i, label in enumerate(label_ids) if label not in thin]),
+            dataset.select([i for i, label in enumerate(label_ids) if label in thin]),
+        )
+        counts = Counter({label: count for label, count in counts.items() if label not in thin})
+    n_classes = len(counts)
+    n_held = round(len(dataset) * fraction)
+    if n_held < n_classes or len(dataset) - n_held < n_classes:
+        raise ValueError(
+            f"Cannot hold out a stratified {what} split: {len(dataset)} images over {n_classes} classes give "
+            f"{n_held} held-out images, fewer than one per class. Add images, raise `--{what}-fraction`, or provide "
+            f"a {what} split (a `{what if what != 'validation' else 'val'}/` folder)."
+        )
+    parts = dataset.train_test_split(test_size=n_held, stratify_by_column="label", seed=seed)
+    rest = datasets.concatenate_datasets([parts["train"], kept_aside]) if thin else parts["train"]
+    return rest, parts["test"], thin_names
+
+
+def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
+    """Loads `--dataset` and returns train/validation/test splits with columns `image` and `label`.
+
+    Uses the dataset's own splits where present. Otherwise, stratified splits made with `seed`: with train +
+    validation only, the given validation split becomes the untouched test split and a new validation split is
+    carved from train; with train only, both are carved from train.
+
+    Args:
+        data_args (`DataArguments`): the data flags.
+        seed (`int`): seed of the stratified splits.
+    """
+    import datasets
+
+    raw = _load_raw(data_args)
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({"train": raw})
+    if "train" not in raw:
+        raise ValueError(f"The dataset {data_args.dataset!r} has no 'train' split; it has {list(raw)}.")
+
+    features = raw["train"].features
+    if os.path.isdir(data_args.dataset) and data_args.label_column is None and not any(
+        isinstance(feature, datasets.ClassLabel) for feature in features.values()
+    ):
+        # imagefolder infers labels from class sub-folders only when there are at least two of them.
+        raise ValueError(
+            f"The dataset {data_args.dataset!r} has a single class (one class sub-folder, or images directly in the "
+            "folder); classification needs at least 2 classes, one sub-folder of images per class."
+        )
+    image_col = _pick_column(features, data_args.image_column, "image", "image-column")
+    label_col = _pick_column(features, data_args.label_column, "label", "label-column")
+    raw = _as_class_label_column(_as_image_column(raw, image_col), label_col)
+    image_check = None
+    if data_args.check_images:
+        from hf_finetune.data.check import drop_unreadable_images
+
+        local_root = data_args.dataset if os.path.isdir(data_args.dataset) else None
+        raw, image_check = drop_unreadable_images(raw, image_col, local_root)
+    raw, empty_classes = _drop_empty_classes(raw, label_col)
+    labels = list(raw["train"].features[label_col].names)
+    if len(labels) < 2:
+        raise ValueError(
+            f"The dataset {data_args.dataset!r} has a single class ({labels}); classification needs at least 2 "
+            "classes (one sub-folder per class)."
+        )
+
+    def normalise(split: Any) -> Any:
+        split = split.select_columns([image_col, label_col])
+        if image_col != "image":
+            split = split.rename_column(image_col, "image")
+        if label_col != "label":
+            split = split.rename_column(label_col, "label")
+        return split
+
+    train = normalise(raw["train"])
+    val_name, test_name = _find_split(raw, _VALIDATION_NAMES), _find_split(raw, _TEST_NAMES)
+    provenance: dict[str, Any] = {"source": data_args.dataset, "image_column": image_col, "label_column": label_col}
+    if image_check is not None:
+        provenance["image_check"] = image_check.summary()
+    if empty_classes:
+        provenance["dropped_classes"] = empty_classes
+    train_only: list[str] = []
+
+    if test_name is not None:
+        test = normalise(raw[test_name])
+        provenance["test"] = f"dataset split '{test_name}'"
+    elif val_name is not None:
+        test = normalise(raw[val_name])
+        provenance["test"] = f"dataset split '{val_name}' (no test split given; it stays untouched until the end)"
+        val_name = None
+    else:
+        train, test, thin = _stratified_split(train, data_args.test_fraction, seed, "test", labels)
+        train_only += thin
+        provenance["test"] = f"stratified {data_args.test_fraction:.0%} of train (seed {seed})"
+
+    if val_name is not None:
+        validation = normalise(raw[val_name])
+        provenance["validation"] = f"dataset split '{val_name}'"
+    else:
+        train, validation, thin = _stratified_split(train, data_args.validation_fraction, seed, "validation", labels)
+        train_only += [name for name in thin if name not in train_only]
+        provenance["validation"] = f"stratified {data_args.validation_fraction:.0%} of train (seed {seed})"
+    carved = [name for name in ("validation", "test") if provenance[name].startswith("stratified")]
+    provenance["train"] = "dataset split 'train'" + (f" minus the held-out {' and '.join(carved)}" if carved else "")
+
+    if train_only:
+        provenance["train_only_classes"] = train_only
+    splits = DataSplits(
+        train=train, validation=validation, test=test, labels=labels, provenance=provenance,
+        skipped_files=image_check.skipped_files if image_check is not None else [],
+    )
+    provenance["counts"] = splits.counts()
+    logger.info(
+        "Data: %d train / %d validation / %d test images, %d classes %s",
+        len(train), len(validation), len(test), len(labels), labels,
+    )
+    return splits

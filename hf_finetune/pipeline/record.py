@@ -1,0 +1,171 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+from typing import Any
+
+from hf_finetune.config.command import redact_argv
+from hf_finetune.config.files import RUN_CONFIG_FILE, TEST_REPORT_FILE
+from hf_finetune.config.finetune import FinetuneArguments
+from hf_finetune.config.sources import DataArguments, ModelArguments
+from hf_finetune.config.training import FinetuneTrainingArguments
+from hf_finetune.training.callbacks.interrupt import last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run's result."""
+    import importlib.metadata as md
+
+    names = ("hf_finetune", "torch", "torchvision", "transformers", "timm", "datasets", "accelerate", "peft", "huggingface-hub", "scikit-learn", "numpy", "pillow")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+# Recorded arguments that may differ between an interrupted run and the command that continues it.
+# Arguments that do not change what is trained (data-loading workers follow the machine a run continues on).
+_RESUME_NEUTRAL = frozenset(
+    {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers", "dataloader_pin_memory"}
+)
+
+
+def _changed_arguments(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`section.name` of every recorded argument whose value differs between two run_config payloads."""
+    changed = []
+    for section in ("model", "data", "finetune", "training"):
+        before, now = previous.get(section, {}), json.loads(json.dumps(current.get(section, {}), default=str))
+        for name in sorted(set(before) | set(now)):
+            if name not in _RESUME_NEUTRAL and before.get(name) != now.get(name):
+                changed.append(f"{section}.{name}")
+    return changed
+
+
+def check_output_dir(
+    output_dir: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    overwrite: bool,
+    resuming: bool,
+    arguments: dict[str, Any] | None = None,
+) -> str | None:
+    """Decides what to do with an `--output-dir` that already holds a run; returns a checkpoint to continue from.
+
+    A different run (model or dataset) is refused unless told to overwrite or resume; a finished run of the same
+    model and dataset is refused too. An unfinished one (interrupted, killed, failed) continues from its last
+    complete checkpoint when `arguments` (the `run_config.json` sections of this invocation) match the recorded
+    ones, and starts over when it left no checkpoint.
+    """
+    config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
+    if resuming or not os.path.isfile(config_path):
+        return None
+    if overwrite:
+        # Asked for explicitly: old checkpoints would otherwise be picked up by resume and checkpoint rotation.
+        for entry in os.listdir(output_dir):
+            if entry.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, entry)):
+                shutil.rmtree(os.path.join(output_dir, entry))
+        logger.warning("--overwrite-output-dir: replacing the run in %s", output_dir)
+        return None
+    with open(config_path) as f:
+        previous = json.load(f)
+    before = (previous.get("model", {}).get("model"), previous.get("data", {}).get("dataset"))
+    if before != (model_args.model, data_args.dataset):
+        raise ValueError(
+            f"`--output-dir` {output_dir!r} already holds a different run (model {before[0]!r}, dataset {before[1]!r}). "
+            "Choose another --output-dir, pass --overwrite-output-dir to replace it, or --resume-from-checkpoint to continue it."
+        )
+    if previous.get("status", "finished") == "finished" or os.path.isfile(os.path.join(output_dir, TEST_REPORT_FILE)):
+        raise ValueError(
+            f"`--output-dir` {output_dir!r} already holds a run of this model and dataset. Pass --resume-from-checkpoint "
+            "(or --resume-from-checkpoint PATH) to continue it, or --overwrite-output-dir to start over."
+        )
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None:
+        logger.warning("%s holds an unfinished run of this model and dataset without a checkpoint: starting it over.", output_dir)
+        return None
+    # Compare what was asked for (before the advisor filled in its choices), not the resolved values.
+    changed = _changed_arguments(previous.get("requested", previous), arguments or {})
+    if changed:
+        raise ValueError(
+            f"`--output-dir` {output_dir!r} holds an unfinished run of this model and dataset (last checkpoint "
+            f"{checkpoint}), recorded with other values of: {', '.join(changed)}. Rerun with the recorded flags to "
+            f"continue it, pass --resume-from-checkpoint {checkpoint} to continue it with the new ones (the "
+            "checkpoint's optimizer state and learning rates carry over), or --overwrite-output-dir to start over."
+        )
+    logger.warning(
+        "%s holds this run, unfinished: continuing from %s (pass --overwrite-output-dir to start over instead).",
+        output_dir, checkpoint,
+    )
+    return checkpoint
+
+
+def _argument_sections(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+) -> dict[str, Any]:
+    return {
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "finetune": dataclasses.asdict(finetune_args),
+        "training": training_args.to_dict(),  # masks *_token fields
+    }
+
+
+def _command() -> list[str]:
+    """This process's command line, tokens redacted."""
+    return [os.path.basename(sys.argv[0]), *redact_argv(sys.argv[1:])]
+
+
+def _update_run_config(path: str, **fields: Any) -> None:
+    """Sets top-level `fields` in an existing `run_config.json` (status changes of a stopped run)."""
+    with open(path) as f:
+        payload = json.load(f)
+    payload.update(fields)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+
+
+def write_run_config(
+    path: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+    extra: dict[str, Any],
+) -> None:
+    """Writes every resolved argument, library versions and seeds (never the Hub token)."""
+    payload = {
+        **_argument_sections(model_args, data_args, finetune_args, training_args),
+        # One --seed drives everything: python/numpy/torch (set_seed before the head init and again before
+        # training: data order, augmentation, mixup, dropout), the stratified splits, the advisor's CV folds and
+        # image sample, the probe's solver and the k-fold split.
+        "seeds": {
+            "seed": training_args.seed,
+            "data_seed": training_args.data_seed,
+            "split_seed": training_args.seed,
+            "head_init_seed": training_args.seed,
+            "augmentation_seed": training_args.seed,
+            "advisor_cv_seed": training_args.seed,
+            "probe_seed": training_args.seed,
+            "kfold_seed": training_args.seed,
+        },
+        "versions": library_versions(),
+        "command": _command(),
+        **extra,
+    }
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)

@@ -1,0 +1,166 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from hf_finetune.training.regularization import class_counts, imbalance_ratio
+
+logger = logging.getLogger(__name__)
+
+
+# Median images per class from which a dataset counts as "large" for fine-tuning a pretrained backbone.
+LARGE_IMAGES_PER_CLASS = 500
+
+
+# Share of grayscale images from which the data counts as a different modality.
+# k-NN balanced-accuracy lift over chance from which frozen features count as "similar" to the pretraining domain.
+SIMILAR_LIFT = 0.85
+GRAYSCALE_SHARE = 0.5
+
+
+KNN_NEIGHBOURS = 5
+
+
+CV_FOLDS = 5
+
+
+# Images sampled for the colour / resolution statistics.
+IMAGE_SAMPLE = 200
+
+
+@dataclass
+class DatasetMeasurements:
+    """What the advisor measured (recorded in `run_config.json` -> recipe -> measurements).
+
+    Attributes:
+        num_train, num_validation (`int`): split sizes.
+        num_classes (`int`): classes.
+        class_counts (`list[int]`): train images per class id.
+        knn_balanced_accuracy (`float`, *optional*): cross-validated cosine k-NN balanced accuracy on frozen train
+            features; None when a class has too few images for cross-validation.
+        grayscale_fraction (`float`): share of sampled train images that are grayscale.
+        median_image_side (`int`): median of the sampled images' shorter side, in pixels.
+        model_input_side (`int`): the checkpoint's input size (shorter side).
+        forward_images_per_second (`float`, *optional*): measured forward throughput, preprocessing included.
+        backbone_units (`int`): unfreeze units of the backbone (top first).
+        feature_dim (`int`): size of the frozen features.
+        stage_probe (`dict`, *optional*): the stage probe curve (`StageProbe.to_dict()`: CV macro-F1 per backbone
+            stage); None when it did not run.
+    """
+
+    num_train: int
+    num_validation: int
+    num_classes: int
+    class_counts: list[int]
+    knn_balanced_accuracy: float | None
+    grayscale_fraction: float
+    median_image_side: int
+    model_input_side: int
+    forward_images_per_second: float | None
+    backbone_units: int
+    feature_dim: int = 0
+    stage_probe: dict[str, Any] | None = None
+
+    @property
+    def images_per_class(self) -> float:
+        return float(np.median(self.class_counts))
+
+    @property
+    def imbalance_ratio(self) -> float:
+        return imbalance_ratio(self.class_counts)
+
+    @property
+    def knn_lift(self) -> float | None:
+        if self.knn_balanced_accuracy is None:
+            return None
+        chance = 1.0 / self.num_classes
+        return (self.knn_balanced_accuracy - chance) / (1.0 - chance)
+
+    @property
+    def size(self) -> str:
+        return "large" if self.images_per_class >= LARGE_IMAGES_PER_CLASS else "small"
+
+    @property
+    def domain(self) -> str:
+        lift = self.knn_lift
+        if self.grayscale_fraction >= GRAYSCALE_SHARE:
+            return "different"
+        if lift is None:
+            return "similar"  # no evidence of a shift: colour images and too few per class to measure
+        return "similar" if lift >= SIMILAR_LIFT else "different"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            images_per_class_median=self.images_per_class,
+            images_per_class_min=min(self.class_counts),
+            imbalance_ratio=round(self.imbalance_ratio, 3),
+            knn_lift_over_chance=None if self.knn_lift is None else round(self.knn_lift, 4),
+            size=self.size,
+            domain=self.domain,
+        )
+        return out
+
+
+def knn_cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float | None:
+    """Balanced accuracy of a cosine k-NN classifier under stratified k-fold CV; None if a class has < 2 images."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    smallest = min(np.bincount(labels)[np.unique(labels)])
+    folds = min(CV_FOLDS, int(smallest))
+    if folds < 2 or len(np.unique(labels)) < 2:
+        return None
+    neighbours = max(1, min(KNN_NEIGHBOURS, len(labels) - len(labels) // folds - 1))
+    classifier = KNeighborsClassifier(n_neighbors=neighbours, metric="cosine")
+    predictions = cross_val_predict(classifier, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return float(balanced_accuracy_score(labels, predictions))
+
+
+def image_statistics(split: Any, sample: int = IMAGE_SAMPLE, seed: int = 0) -> tuple[float, int]:
+    """(share of grayscale images, median shorter side) over a seeded sample of a split's images."""
+    rng = np.random.default_rng(seed)
+    rows = sorted(rng.choice(len(split), size=min(sample, len(split)), replace=False).tolist())
+    gray, sides = 0, []
+    for image in split.with_format(None).select(rows)["image"]:
+        sides.append(min(image.size))
+        if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+            gray += 1
+            continue
+        small = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.int16)
+        if np.abs(small - small.mean(axis=2, keepdims=True)).max() <= 3:  # RGB-encoded grayscale
+            gray += 1
+    return gray / max(1, len(rows)), int(np.median(sides)) if sides else 0
+
+
+def measure_dataset(splits: Any, features: Any, stage_units: int, model_input_side: int, seed: int = 0) -> DatasetMeasurements:
+    """Measures the train split (sizes, balance, colour, resolution) and its cached frozen features (k-NN CV).
+
+    Args:
+        splits (`DataSplits`): the run's splits.
+        features (`SplitFeatures`): the cached features of the splits.
+        stage_units (`int`): number of backbone unfreeze units.
+        model_input_side (`int`): the checkpoint's input size.
+        seed (`int`, defaults to 0): seed of the CV folds and the image sample.
+    """
+    labels = features.train.labels
+    grayscale, side = image_statistics(splits.train, seed=seed)
+    return DatasetMeasurements(
+        num_train=len(labels),
+        num_validation=len(features.validation),
+        num_classes=len(splits.labels),
+        class_counts=class_counts(labels, len(splits.labels)),
+        knn_balanced_accuracy=knn_cross_validated_accuracy(features.train.features, labels, seed=seed),
+        grayscale_fraction=grayscale,
+        median_image_side=side,
+        model_input_side=model_input_side,
+        forward_images_per_second=features.images_per_second,
+        backbone_units=stage_units,
+        feature_dim=int(features.train.features.shape[1]),
+    )

@@ -1,0 +1,238 @@
+"""Everything between loading the model and building the trainer: the cached feature pass, the recipe advisor,
+the linear-probe baseline and the head initialisation.
+
+One forward pass over the data (cached on disk) serves three purposes: the advisor's domain-similarity
+measurement, the baseline reported beside the fine-tune, and the head itself (`--head-init probe`, and the whole
+model for `--strategy linear_probe`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from hf_finetune.backbones.loading import load_model_and_processor
+from hf_finetune.backbones.split import split_stages
+from hf_finetune.backbones.taps import head_linear_layers
+from hf_finetune.backbones.truncation import AUTO as TRUNCATE_AUTO
+from hf_finetune.backbones.truncation import NONE as TRUNCATE_NONE
+from hf_finetune.backbones.truncation import truncate_model
+from hf_finetune.config.choices import AUTO, fill_fallbacks
+from hf_finetune.config.finetune import FinetuneArguments
+from hf_finetune.config.sources import DataArguments, ModelArguments
+from hf_finetune.config.training import FinetuneTrainingArguments
+from hf_finetune.data.splits import DataSplits
+from hf_finetune.data.transforms import resolve_preprocessing
+from hf_finetune.probing.features import (
+    SplitFeatures,
+    compute_split_features,
+    head_features_from_stage,
+    measure_throughput,
+)
+from hf_finetune.probing.linear_probe import LinearProbe, baseline_report, write_probe_into_head
+from hf_finetune.probing.stage_probe import probe_stages
+from hf_finetune.recipe.advisor import (
+    RecipePlan,
+    apply_plan,
+    apply_recorded_plan,
+    explicit_fields,
+    plan_recipe,
+    undecided_fields,
+)
+from hf_finetune.recipe.measure import measure_dataset
+from hf_finetune.training.callbacks.freezing import unfreeze_units
+from hf_finetune.training.regularization import add_head_dropout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRecipe:
+    """The outcome of `prepare_recipe`.
+
+    Attributes:
+        model (`torch.nn.Module`): the model to train (reloaded when the advisor chose a drop-path rate).
+        plan (`RecipePlan`, *optional*): the advisor's plan (None when every choice came from flags).
+        features (`SplitFeatures`, *optional*): the cached features (None when nothing needed them).
+        probe (`LinearProbe`, *optional*): the linear probe fitted on them.
+        baseline (`dict`, *optional*): the probe's test report (the `baseline` key of `test_report.json`).
+        record (`dict`): what `run_config.json` records (`recipe`, `features`).
+    """
+
+    model: torch.nn.Module
+    plan: RecipePlan | None = None
+    features: SplitFeatures | None = None
+    probe: LinearProbe | None = None
+    baseline: dict[str, Any] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(
+    model_args: ModelArguments, splits: DataSplits, drop_path_rate: float | None, seed: int, truncate_after: str | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """Loads `--model` with a new head for the splits' labels (seeded head initialisation, optional drop-path), cut
+    after stage `truncate_after` when that names a stage (not None, "auto" or "none")."""
+    set_seed(seed)
+    overrides = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    model, processor = load_model_and_processor(
+        model_args.model,
+        splits.id2label,
+        revision=model_args.revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+        **overrides,
+    )
+    if truncate_after not in (None, TRUNCATE_AUTO, TRUNCATE_NONE):
+        truncate_model(model, truncate_after, model_args.model)
+    return model, processor
+
+
+def feature_pass(
+    model: torch.nn.Module,
+    processor: Any,
+    splits: DataSplits,
+    model_args: ModelArguments,
+    cache_dir: str | None,
+    batch_size: int,
+    stages: bool = False,
+) -> SplitFeatures:
+    """The cached feature pass of `--model` over the splits (see `features.compute_split_features`)."""
+    return compute_split_features(
+        model, processor, splits, model_name_or_path=model_args.model, revision=model_args.revision, cache_dir=cache_dir,
+        batch_size=batch_size, stages=stages,
+    )
+
+
+def _wants_stage_probe(finetune_args: FinetuneArguments) -> bool:
+    """The advisor decides the depth: `--truncate-after auto`, or left unset under `--strategy auto`."""
+    return finetune_args.truncate_after == TRUNCATE_AUTO or (finetune_args.truncate_after is None and finetune_args.strategy == AUTO)
+
+
+def _needs_features(finetune_args: FinetuneArguments, undecided: bool) -> bool:
+    return (
+        finetune_args.baseline
+        or undecided
+        or finetune_args.strategy in (AUTO, "linear_probe")
+        or finetune_args.head_init == "probe"
+    )
+
+
+def prepare_recipe(
+    model: torch.nn.Module,
+    processor: Any,
+    splits: DataSplits,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: FinetuneTrainingArguments,
+    recorded_recipe: dict[str, Any] | None = None,
+) -> PreparedRecipe:
+    """Feature pass, advisor plan (applied to the argument objects in place), baseline and head initialisation.
+
+    After this call every recipe field of the three argument objects is decided: by the user's flag, by the
+    advisor (or, given `recorded_recipe` — the `recipe` of a resumed run's `run_config.json` — by the plan the
+    advisor made when the run started), or by `arguments.FALLBACKS`.
+    """
+    seed = training_args.seed
+    result = PreparedRecipe(model=model)
+    explicit_drop_path = finetune_args.drop_path_rate
+    # The depth the model was loaded with: a cut decided later (advisor, or the plan a resume re-applies) is made here.
+    requested_cut = finetune_args.truncate_after
+    reused = apply_recorded_plan(recorded_recipe, data_args, finetune_args, training_args) if recorded_recipe else []
+    if reused:
+        logger.info("Resuming: the advisor's choices of the first attempt are kept (%s).", ", ".join(reused))
+    fixed = explicit_fields(data_args, finetune_args, training_args)
+    stage_probe = _wants_stage_probe(finetune_args)
+    undecided = bool(undecided_fields(fixed, finetune_args.strategy, auto_depth=stage_probe))
+
+    def features_of(model: torch.nn.Module, stages: bool = False) -> SplitFeatures:
+        return feature_pass(
+            model, processor, splits, model_args, finetune_args.feature_cache_dir, training_args.per_device_eval_batch_size, stages
+        )
+
+    if _needs_features(finetune_args, undecided) or stage_probe:
+        # One forward pass: the head's input and, for the advisor's depth decision, every stage's output.
+        result.features = features_of(result.model, stages=stage_probe)
+        result.record["features"] = result.features.summary()
+
+    if undecided:
+        features = result.features
+        if features.images_per_second is None:  # nothing timed on this machine yet: time a small sample
+            sample = splits.train.with_format(None).select(range(min(64, len(splits.train))))["image"]
+            features.images_per_second = measure_throughput(model, processor, sample, training_args.per_device_eval_batch_size)
+        side = min(resolve_preprocessing(processor).size)
+        measurements = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
+        if features.stages:
+            probe = probe_stages(features.stages, len(splits.labels), seed=seed)
+            measurements.stage_probe = probe.to_dict() if probe is not None else None
+        result.plan = plan_recipe(
+            measurements,
+            time_budget_minutes=finetune_args.time_budget,
+            noisy_labels=finetune_args.noisy_labels,
+            fixed=fixed,
+        )
+        apply_plan(result.plan, data_args, finetune_args, training_args)
+        logger.info("%s", result.plan.format())
+        result.record["recipe"] = result.plan.to_dict()
+    elif reused:
+        result.record["recipe"] = {**recorded_recipe, "reused_on_resume": reused}
+    else:
+        result.record["recipe"] = {"case": None, "note": "every recipe choice was given by a flag; the advisor did not run"}
+    filled = fill_fallbacks(data_args, finetune_args, training_args)
+    if filled:
+        logger.info("Fixed defaults for %s", ", ".join(filled))
+
+    # A cut given by the flag was made at load time; one chosen by the advisor (now or, on resume, before) is made now.
+    cut_now = requested_cut in (None, TRUNCATE_AUTO) and finetune_args.truncate_after not in (None, TRUNCATE_AUTO, TRUNCATE_NONE)
+    if finetune_args.drop_path_rate and finetune_args.drop_path_rate != explicit_drop_path:
+        # Drop-path modules are built with the model (timm makes none at rate 0): reload with the chosen rate.
+        result.model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed, finetune_args.truncate_after)
+    elif cut_now:  # the advisor chose the depth after the feature pass
+        truncate_model(result.model, finetune_args.truncate_after, model_args.model)
+    if cut_now and result.features is not None:
+        # The head now reads the cut: the baseline and the probe head are fitted on the truncated model's features
+        # (the full-depth pass captured them already when nothing but pooling lies between the cut and the head).
+        batch_size = training_args.per_device_eval_batch_size
+        result.features = head_features_from_stage(result.model, processor, splits, result.features, batch_size) or features_of(result.model)
+        result.record["features"] = {**result.features.summary(), "full_depth": result.record["features"]}
+
+    if result.features is not None:
+        report, probe = baseline_report(result.features, splits.labels, seed=seed)
+        result.probe = probe
+        if finetune_args.baseline:
+            result.baseline = report
+            logger.info(
+                "Baseline (linear probe on frozen features): test accuracy %.4f, macro-F1 %.4f (%.2fs on cached features)",
+                report["accuracy"], report["macro_f1"], report["seconds"],
+            )
+    if finetune_args.head_init == "probe" or finetune_args.strategy == "linear_probe":
+        if result.probe is None:
+            raise ValueError("`--head-init probe` needs the cached-feature probe, which was not fitted.")
+        names = write_probe_into_head(result.model, result.probe)
+        logger.info("Head %s initialised from the linear probe (C=%g).", ", ".join(names), result.probe.C)
+    if finetune_args.head_dropout:
+        add_head_dropout([layer for _, layer in head_linear_layers(result.model)], finetune_args.head_dropout)
+    return result
+
+
+def probe_wins(prepared: PreparedRecipe, finetune_args: FinetuneArguments, best_validation_macro_f1: float | None) -> bool:
+    """Whether the fine-tune's starting point, the linear probe, scored better on validation than the fine-tune did.
+
+    Only when the advisor chose the strategy (a strategy given by flag is what the user asked for) and the probe
+    reads the trained model's own head inputs (not with LoRA, whose merged backbone differs from the probe's).
+    """
+    strategy = prepared.plan.choices.get("strategy") if prepared.plan is not None else None
+    if strategy is None or strategy.source != "advisor" or prepared.probe is None or finetune_args.peft == "lora" or best_validation_macro_f1 is None:
+        return False
+    return prepared.probe.validation_macro_f1 > best_validation_macro_f1
+
+
+def probe_model(model_args: ModelArguments, splits: DataSplits, finetune_args: FinetuneArguments, probe: LinearProbe, seed: int) -> torch.nn.Module:
+    """The pretrained backbone (same depth and config as the trained model) with the linear probe as its head."""
+    model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed, finetune_args.truncate_after)
+    write_probe_into_head(model, probe)
+    return model

@@ -1,0 +1,94 @@
+"""The Gradio demo, locally: `python -m hf_finetune demo OUTPUT_DIR`.
+
+The app itself is `spaces_demo/app.py`, self-contained so that the same file runs on a Hugging Face Space (where
+hf_finetune is not installed). This module loads it by path (`load_app`) so the CLI, the tests and the Space share one
+implementation, and picks the example images a run ships for it (`save_example_images`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+# Source checkouts (and editable installs) keep the Space folder next to the package.
+SPACES_DEMO_DIR = Path(__file__).resolve().parents[2] / "spaces_demo"
+
+
+_MODULE_NAME = "hf_finetune_spaces_demo_app"
+
+
+def load_app() -> ModuleType:
+    """Imports `spaces_demo/app.py` by path (once per process)."""
+    if _MODULE_NAME in sys.modules:
+        return sys.modules[_MODULE_NAME]
+    path = SPACES_DEMO_DIR / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The demo app {str(path)!r} is missing: hf_finetune runs it from the source checkout (install with "
+            "`pip install -e .`)."
+        )
+    spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_demo(model: str, top_k: int | None = None) -> Any:
+    """The demo's `gradio.Blocks` for `model` (an output directory or a Hub id); see `spaces_demo/app.py`."""
+    return load_app().build_demo(model, top_k=top_k)
+
+
+def save_example_images(dataset: Any, labels: list[str], output_dir: str, count: int) -> list[str]:
+    """Copies up to `count` images of `dataset`, spread over the classes (round robin), to `output_dir/examples/`.
+
+    Args:
+        dataset (`datasets.Dataset`): a split with `image` and `label` columns (transforms are bypassed).
+        labels (`list[str]`): class names by id (used in the file names).
+        output_dir (`str`): the run's output directory.
+        count (`int`): how many images at most; 0 writes nothing.
+
+    Returns:
+        `list[str]`: the written paths.
+    """
+    import datasets
+
+    from hf_finetune.config.files import EXAMPLES_DIR
+    from hf_finetune.data.images import to_rgb
+
+    if count <= 0 or len(dataset) == 0:
+        return []
+    raw = dataset.with_format(None)  # the stored images, not the training/eval transform's tensors
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(raw["label"]):
+        by_class.setdefault(int(label), []).append(index)
+    picked: list[int] = []
+    round_index = 0
+    while len(picked) < count and any(round_index < len(v) for v in by_class.values()):
+        for label in sorted(by_class):
+            if round_index < len(by_class[label]) and len(picked) < count:
+                picked.append(by_class[label][round_index])
+        round_index += 1
+    folder = os.path.join(output_dir, EXAMPLES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index in picked:
+        example = raw[index]
+        image = example["image"]
+        if not isinstance(image, Image.Image):  # an undecoded {"path", "bytes"} reference
+            image = datasets.Image().decode_example(image)
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in labels[int(example["label"])])
+        path = os.path.join(folder, f"{name}_{index}.png")
+        to_rgb(image).save(path)
+        paths.append(path)
+    return paths

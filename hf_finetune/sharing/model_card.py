@@ -1,0 +1,365 @@
+"""The model card (`README.md` of the output directory), generated from what a run recorded.
+
+Everything on the card comes from the run's own files: `run_config.json` (arguments, seeds, versions, splits, freeze
+events, and an advisor `recipe` when there is one), `schedule.json` (per-epoch trainable stages, per-group LRs,
+losses, validation metrics, per-step LR history) and `test_report.json` (test metrics, per-class table, confusion
+matrix, and a linear-probe `baseline` when one was run). The body is the Jinja template
+`model_card_templates/model_card.md.jinja`, rendered through huggingface_hub's `ModelCard.from_template`; the metadata
+is a `ModelCardData` whose `eval_results` become the Hub's `model-index`.
+
+    python -m hf_finetune card OUTPUT_DIR [--repo-id user/name] [--license apache-2.0]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hf_finetune.backbones.loading import _looks_like_local_path
+from hf_finetune.config.files import (
+    CARD_FILE,
+    CONFUSION_MATRIX_FILE,
+    EXAMPLES_DIR,
+    LR_SCHEDULE_FILE,
+    RUN_CONFIG_FILE,
+    SCHEDULE_FILE,
+    TEST_REPORT_FILE,
+    TRAINING_CURVES_FILE,
+)
+from hf_finetune.evaluation.plots import plot_lr_schedule, plot_training_curves, stage_lr_history
+
+logger = logging.getLogger(__name__)
+
+
+TEMPLATE_NAME = "model_card.md.jinja"
+
+
+# Source checkouts (and editable installs) keep the templates next to the package.
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "model_card_templates"
+
+
+_FALLBACK_LICENSE = "other"
+
+
+def default_template_path() -> Path:
+    """`model_card_templates/model_card.md.jinja` of the source checkout."""
+    path = TEMPLATE_DIR / TEMPLATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The model card template {str(path)!r} is missing: hf_finetune reads it from the source checkout "
+            "(install with `pip install -e .`), or pass `template_path`."
+        )
+    return path
+
+
+def _read_json(output_dir: str, name: str, required: bool = True) -> dict[str, Any]:
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        if required:
+            raise ValueError(
+                f"`{path}` is missing: the model card is generated from a finished run's records "
+                f"({RUN_CONFIG_FILE}, {SCHEDULE_FILE}, {TEST_REPORT_FILE}). Pass the --output-dir of a finished run."
+            )
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _is_hub_id(value: str | None) -> bool:
+    """Whether `value` names a Hub repository (not a local path): only those belong in the card's metadata."""
+    return bool(value) and not os.path.exists(value) and not _looks_like_local_path(value)
+
+
+def _card_license_of(model_ref: str) -> str | None:
+    """The licence a base model states (its README.md metadata or timm `pretrained_cfg.license`), offline only."""
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    def local(name: str) -> str | None:
+        if os.path.isdir(model_ref):
+            path = os.path.join(model_ref, name)
+            return path if os.path.isfile(path) else None
+        if _is_hub_id(model_ref):
+            cached = try_to_load_from_cache(model_ref, name)
+            return cached if isinstance(cached, str) else None
+        return None
+
+    readme = local("README.md")
+    if readme:
+        try:
+            license_id = ModelCard.load(readme, ignore_metadata_errors=True).data.license
+        except Exception:  # noqa: BLE001 - a malformed base card only means we cannot read its licence
+            license_id = None
+        if license_id:
+            return str(license_id)
+    config = local("config.json")
+    if config:
+        with open(config) as f:
+            license_id = (json.load(f).get("pretrained_cfg") or {}).get("license")
+        if license_id:
+            return str(license_id)
+    return None
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _fmt_lr(value: float | None) -> str:
+    return "·" if not value else f"{value:.1e}"
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (e.g. test accuracy on `total` images)."""
+    if total <= 0:
+        return (0.0, 1.0)
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _compact_stages(names: list[str], backbone: list[str]) -> str:
+    """The trainable stages of an epoch in a few words: 'head only', 'blocks.5 and above (3/9) + head', ..."""
+    trained = [name for name in backbone if name in names]
+    if not trained:
+        return "head only"
+    if len(trained) == len(backbone):
+        return f"all {len(backbone)} backbone stages + head"
+    if len(trained) > 1 and trained == backbone[-len(trained):]:  # the usual case: a top slice of the backbone
+        return f"{trained[0]} and above ({len(trained)}/{len(backbone)}) + head"
+    return ", ".join(reversed(trained)) + " + head"
+
+
+def _timeline_rows(schedule: dict[str, Any], backbone: list[str]) -> list[dict[str, str]]:
+    rows = []
+    for record in schedule.get("epochs", []):
+        validation = record.get("validation", {})
+        rows.append(
+            {
+                "epoch": str(record["epoch"]),
+                "steps": f"{record.get('first_step', '?')}–{record.get('last_step', '?')}",
+                "trainable": _compact_stages(record.get("trainable_stages", []), backbone),
+                "train_loss": _fmt(record.get("train_loss")),
+                "val_loss": _fmt(validation.get("loss")),
+                "val_accuracy": _fmt(validation.get("accuracy")),
+                "val_macro_f1": _fmt(validation.get("macro_f1")),
+            }
+        )
+    return rows
+
+
+def _lr_rows(schedule: dict[str, Any], stages: list[str], freeze_events: list[dict]) -> list[dict[str, Any]]:
+    """Per stage (head first): when it was unfrozen, its peak LR, and its LR at the end of each epoch."""
+    curves = stage_lr_history(schedule.get("lr_history", {}))
+    unfrozen_at = {"head": "start"}
+    for event in freeze_events:
+        for name in event.get("trainable", []) if event.get("reason") == "start" else event.get("unfrozen", []):
+            unfrozen_at.setdefault(name, "start" if event.get("reason") == "start" else f"epoch {event['epoch']}")
+    rows = []
+    for stage in ["head", *reversed(stages)]:
+        lr_end = []
+        for record in schedule.get("epochs", []):
+            values = [lr for group, lr in record.get("lr_end", {}).items() if group.split("/")[0] == stage]
+            lr_end.append(_fmt_lr(values[0] if values else None))
+        rows.append(
+            {
+                "stage": stage,
+                "unfrozen": unfrozen_at.get(stage, "never"),
+                "peak": _fmt_lr(max(curves.get(stage, [0.0]) or [0.0])),
+                "lr_end": lr_end,
+            }
+        )
+    return rows
+
+
+def _recipe_context(recipe: Any) -> dict[str, Any] | None:
+    """The advisor's recipe (a later `recipe` key of run_config.json) as settings + reasons, whatever its shape."""
+    if not recipe:
+        return None
+    if not isinstance(recipe, dict):
+        return {"settings": [], "reasons": [str(recipe)]}
+    reasons: list[str] = []
+    settings: list[tuple[str, str]] = []
+    for key, value in recipe.items():
+        if key.lower() in ("why", "reason", "reasons", "rationale", "explanation", "notes"):
+            reasons.extend(value if isinstance(value, list) else [value])
+        elif isinstance(value, dict):
+            settings.extend(
+                (f"{key}.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+                for k, v in value.items()
+                if k != "stage_probe"  # its own table on the card
+            )
+        else:
+            settings.append((key, json.dumps(value) if isinstance(value, list) else str(value)))
+    return {"settings": settings, "reasons": [str(r) for r in reasons]}
+
+
+def _baseline_context(baseline: Any, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The linear-probe baseline (a later `baseline` key of test_report.json) beside the fine-tune."""
+    if not isinstance(baseline, dict) or not baseline:
+        return None
+    rows = []
+    for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        if isinstance(baseline.get(key), (int, float)):
+            rows.append({"metric": f"test {name}", "baseline": _fmt(float(baseline[key])), "finetune": _fmt(report.get(key))})
+    extras = [
+        (key, _fmt(value) if isinstance(value, float) else str(value))
+        for key, value in baseline.items()
+        if key not in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "labels") and not isinstance(value, (dict, list))
+    ]
+    return {"rows": rows, "extras": extras}
+
+
+def build_model_card(
+    output_dir: str,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    template_path: str | os.PathLike | None = None,
+    write_plots: bool = True,
+) -> Any:
+    """Builds the model card of a finished run from its records.
+
+    Args:
+        output_dir (`str`):
+            The run's output directory (holding `run_config.json`, `schedule.json`, `test_report.json`).
+        repo_id (`str`, *optional*, defaults to `None`):
+            Hub repository the model lives in (usage snippet, model-index name). Default: `--hub-model-id` of the run,
+            else the output directory's name with a local-path snippet.
+        license (`str`, *optional*, defaults to `None`):
+            Licence id for the metadata. Default: the run's `--license`, else the base model's stated licence, else
+            `"other"`.
+        template_path (`str` or `os.PathLike`, *optional*, defaults to `None`):
+            A Jinja template; default `model_card_templates/model_card.md.jinja`.
+        write_plots (`bool`, *optional*, defaults to `True`):
+            (Re)draw `lr_schedule.png` and `training_curves.png` into `output_dir`.
+
+    Returns:
+        `huggingface_hub.ModelCard`: the card (not yet saved).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    config = _read_json(output_dir, RUN_CONFIG_FILE)
+    report = _read_json(output_dir, TEST_REPORT_FILE)
+    schedule = _read_json(output_dir, SCHEDULE_FILE, required=False)
+    freeze_events = config.get("freeze_events", [])
+    if write_plots:
+        plot_lr_schedule(schedule, freeze_events, os.path.join(output_dir, LR_SCHEDULE_FILE))
+        plot_training_curves(schedule, os.path.join(output_dir, TRAINING_CURVES_FILE))
+
+    model_ref = config["model"]["model"]
+    dataset_ref = config["data"]["dataset"]
+    training = config.get("training", {})
+    finetune = config.get("finetune", {})
+    share = config.get("share", {})
+    repo_id = repo_id or training.get("hub_model_id")
+    model_name = (repo_id or os.path.basename(os.path.abspath(output_dir))).split("/")[-1]
+    license_id = license or share.get("license") or _card_license_of(model_ref) or _FALLBACK_LICENSE
+    dataset_is_hub = _is_hub_id(dataset_ref)
+    dataset_name = dataset_ref if dataset_is_hub else os.path.basename(os.path.normpath(dataset_ref))
+    peft = config.get("peft")
+
+    labels = report["labels"]
+    num_test = int(report["num_samples"])
+    correct = sum(report["confusion_matrix"][i][i] for i in range(len(labels)))
+    ci_low, ci_high = wilson_interval(correct, num_test)
+    common = dict(
+        task_type="image-classification",
+        task_name="Image Classification",
+        dataset_type=dataset_ref if dataset_is_hub else "imagefolder",
+        dataset_name=dataset_name,
+        dataset_config=config["data"].get("dataset_config"),
+        dataset_split="test",
+    )
+    eval_results = [
+        EvalResult(metric_type="accuracy", metric_name="Test accuracy", metric_value=float(report["accuracy"]), **common),
+        EvalResult(
+            metric_type="f1", metric_name="Test macro-F1", metric_value=float(report["macro_f1"]),
+            metric_args={"average": "macro"}, **common,
+        ),
+    ]
+    tags = ["image-classification", "vision", "hf_finetune", finetune.get("strategy", "fine-tuned")]
+    if str(config.get("stage_family", "")).startswith("timm:"):
+        tags.append("timm")
+    if peft:
+        tags += ["peft", "lora"]
+    card_data = ModelCardData(
+        base_model=model_ref if _is_hub_id(model_ref) else None,
+        datasets=[dataset_ref] if dataset_is_hub else None,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license_id,
+        tags=tags,
+        metrics=["accuracy", "f1"],
+        model_name=model_name,
+        eval_results=eval_results,
+    )
+
+    stages = [stage["name"] for stage in config.get("stages", []) if stage["name"] != "head"]
+    examples_dir = os.path.join(output_dir, EXAMPLES_DIR)
+    context = dict(
+        model_name=model_name,
+        repo_id=repo_id,
+        model_ref=model_ref,
+        base_model_is_hub=_is_hub_id(model_ref),
+        dataset_ref=dataset_ref,
+        dataset_name=dataset_name,
+        dataset_is_hub=dataset_is_hub,
+        license_id=license_id,
+        labels=labels,
+        splits=config.get("splits", {}),
+        preprocessing=config.get("preprocessing", {}),
+        data=config["data"],
+        finetune=finetune,
+        peft=peft,
+        accuracy=_fmt(report["accuracy"]),
+        macro_f1=_fmt(report["macro_f1"]),
+        accuracy_ci=f"{ci_low:.3f}–{ci_high:.3f}",
+        num_test=num_test,
+        per_class=[
+            {"label": name, **{k: _fmt(v) for k, v in metrics.items() if k != "support"}, "support": metrics["support"]}
+            for name, metrics in report["per_class"].items()
+        ],
+        confusion_matrix=report["confusion_matrix"],
+        confusion_matrix_image=CONFUSION_MATRIX_FILE,
+        lr_schedule_image=LR_SCHEDULE_FILE,
+        training_curves_image=TRAINING_CURVES_FILE,
+        timeline=_timeline_rows(schedule, stages),
+        lr_rows=_lr_rows(schedule, stages, freeze_events),
+        epochs=[record["epoch"] for record in schedule.get("epochs", [])],
+        freeze_events=[e for e in freeze_events if e.get("unfrozen")],
+        stages=config.get("stages", []),
+        recipe=_recipe_context(config.get("recipe")),
+        truncation=config.get("truncation"),
+        stage_probe=((config.get("recipe") or {}).get("measurements") or {}).get("stage_probe"),
+        baseline=_baseline_context(report.get("baseline"), report),
+        seeds=config.get("seeds", {}),
+        versions=config.get("versions", {}),
+        command=" ".join(config.get("command", [])),
+        best_checkpoint=config.get("best_checkpoint"),
+        best_validation_macro_f1=_fmt(config.get("best_validation_macro_f1")),
+        epochs_run=config.get("epochs_run"),
+        training=training,
+        full_config=json.dumps(config, indent=2, default=str),
+        examples=sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else [],
+        examples_dir=EXAMPLES_DIR,
+    )
+    template = Path(template_path) if template_path else default_template_path()
+    return ModelCard.from_template(card_data, template_path=str(template), **context)
+
+
+def write_model_card(output_dir: str, **kwargs: Any) -> str:
+    """Builds the card (see `build_model_card`) and writes it as `output_dir/README.md`; returns the path."""
+    card = build_model_card(output_dir, **kwargs)
+    path = os.path.join(output_dir, CARD_FILE)
+    card.save(path)
+    logger.info("Model card written to %s", path)
+    return path
