@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_finetune.recipe.advisor import ADVISOR_FIELDS, SIMILAR_LIFT, plan_recipe, undecided_fields
+from hf_finetune.recipe.advisor import ADVISOR_FIELDS, plan_recipe, undecided_fields
+from hf_finetune.recipe.measure import SIMILAR_LIFT
+
 from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, DatasetMeasurements, knn_cross_validated_accuracy
 from hf_finetune.cli.main import main
 

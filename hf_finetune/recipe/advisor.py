@@ -79,7 +79,7 @@ LP_FT_SMALL_LEARNING_RATE = 1e-4
 
 
 # Values of the depth fields that are not a stage (see FinetuneArguments.truncate_after).
-_UNDECIDED = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
+UNDECIDED_VALUES = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
 
 
 # Advisor fields that only one strategy reads: left undecided under another strategy, they need no advisor.
@@ -254,7 +254,7 @@ def plan_recipe(
         augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance, fix_bn_stats,
         num_train_epochs (the names in `ADVISOR_FIELDS`).
     """
-    fixed = {k: v for k, v in (fixed or {}).items() if v is not None and v not in _UNDECIDED.get(k, ())}
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None and v not in UNDECIDED_VALUES.get(k, ())}
     case = (m.size, m.domain)
     defaults = _CASES[case]
     plan = RecipePlan(measurements=m, case=f"{m.size} + {m.domain}")
@@ -395,34 +395,3 @@ def plan_recipe(
         + ("weight the loss by inverse class frequency" if ratio >= IMBALANCE_RATIO_THRESHOLD else "balanced enough"),
     )
     return plan
-
-
-def _owner(name: str, data_args: Any, finetune_args: Any, training_args: Any) -> Any:
-    return next(obj for obj in (finetune_args, data_args, training_args) if hasattr(obj, name))
-
-
-def apply_plan(plan: RecipePlan, data_args: Any, finetune_args: Any, training_args: Any) -> None:
-    """Writes the plan's advisor-made choices into the argument objects (fields the user set are left alone)."""
-    for name, choice in plan.choices.items():
-        if choice.source != "flag":
-            setattr(_owner(name, data_args, finetune_args, training_args), name, choice.value)
-
-
-def apply_recorded_plan(recorded: dict[str, Any], data_args: Any, finetune_args: Any, training_args: Any) -> list[str]:
-    """Re-applies the advisor's choices recorded in an earlier attempt's `run_config.json` (`recipe`) to the
-    fields still undecided now, so a resumed run keeps the plan it started with (a re-measured throughput could
-    otherwise change, say, the number of epochs mid-run). Returns the names of the fields set.
-    """
-    undecided = set(ADVISOR_FIELDS) - set(explicit_fields(data_args, finetune_args, training_args))
-    applied = []
-    for name, choice in (recorded.get("choices") or {}).items():
-        if name in undecided and choice.get("source") == "advisor":
-            setattr(_owner(name, data_args, finetune_args, training_args), name, choice["value"])
-            applied.append(name)
-    return applied
-
-
-def explicit_fields(data_args: Any, finetune_args: Any, training_args: Any) -> dict[str, Any]:
-    """The advisor-managed fields the user set (not None; strategy / truncate_after not "auto")."""
-    fixed = {name: getattr(_owner(name, data_args, finetune_args, training_args), name) for name in ADVISOR_FIELDS}
-    return {k: v for k, v in fixed.items() if v is not None and v not in _UNDECIDED.get(k, ())}

@@ -35,15 +35,9 @@ from hf_finetune.probing.features import (
 )
 from hf_finetune.probing.linear_probe import LinearProbe, baseline_report, write_probe_into_head
 from hf_finetune.probing.stage_probe import probe_stages
-from hf_finetune.recipe.advisor import (
-    RecipePlan,
-    apply_plan,
-    apply_recorded_plan,
-    explicit_fields,
-    plan_recipe,
-    undecided_fields,
-)
+from hf_finetune.recipe.advisor import RecipePlan, plan_recipe, undecided_fields
 from hf_finetune.recipe.measure import measure_dataset
+from hf_finetune.recipe.resolve import apply_plan, apply_recorded_plan, explicit_fields
 from hf_finetune.training.callbacks.freezing import unfreeze_units
 from hf_finetune.training.regularization import add_head_dropout
 
