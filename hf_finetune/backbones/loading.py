@@ -1,10 +1,10 @@
-"""The one place that knows a backbone's structure.
+"""Loading any image checkpoint as an image classifier with a fresh head for the user's labels.
 
-`load_model_and_processor` turns any image checkpoint (Hub id or local folder, transformers-native or timm) into an
-image classifier with a fresh head for the user's labels, loadable afterwards with `AutoModelForImageClassification`
-and `pipeline("image-classification")`. `split_stages` cuts that classifier into ordered stages
-(embeddings -> blocks.0 ... blocks.{N-1} -> norm -> head) that freezing, layer-wise LR decay and PEFT all ask about;
-`no_weight_decay_names` says which parameters must not be decayed. Nothing here builds optimizers or freezes anything.
+`load_model_and_processor` takes a Hub id or a local folder, transformers-native or timm, and returns a classifier
+loadable afterwards with `AutoModelForImageClassification` and `pipeline("image-classification")`, plus its image
+processor. Checkpoints without a classifier class are converted (`conversions`), errors are translated into messages
+that say what to pass instead (`errors`), and a head loaded from the checkpoint is kept only when its labels are
+exactly the requested ones.
 """
 
 from __future__ import annotations
@@ -14,52 +14,26 @@ import itertools
 import logging
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from hf_finetune.backbones.conversions import CONVERSIONS, LoadPlan
+from hf_finetune.backbones.errors import check_location, location_error, unreadable_config_error
 from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import TRUNCATION_FIELD
+from hf_finetune.backbones.truncation import load_truncated
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-
-# Checkpoint types with no image classifier class of their own, converted on load (see `load_model_and_processor`).
-_MAE_TYPES = ("vit_mae",)
-
-
-_CLIP_VISION_TYPES = ("clip_vision_model",)
-
-
-# ViTMAEConfig fields that describe the encoder and mean the same thing in ViTConfig (the decoder_* and masking
-# fields are pretraining-only).
-_MAE_ENCODER_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "initializer_range",
-    "layer_norm_eps",
-    "image_size",
-    "patch_size",
-    "num_channels",
-    "qkv_bias",
-)
-
-
 # timm's create_model keyword names for the regularisers a user may ask for; forwarded through
 # TimmWrapperConfig.model_args when the timm model class accepts them.
 _TIMM_MODEL_KWARGS = frozenset({"drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate"})
-
 
 _LABEL_FIELDS = frozenset({"num_labels", "id2label", "label2id"})
 
@@ -68,7 +42,7 @@ def supported_model_types() -> list[str]:
     """The `model_type`s `load_model_and_processor` accepts (timm checkpoints are `timm_wrapper`)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-    return sorted({*MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, *_MAE_TYPES, *_CLIP_VISION_TYPES})
+    return sorted({*MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, *CONVERSIONS})
 
 
 def load_model_and_processor(
@@ -120,8 +94,6 @@ def load_model_and_processor(
         `ValueError`: the path/id does not exist, is not an image model, is not cached while offline, or has no
             image processor; or `id2label` is malformed.
     """
-    import transformers
-
     id2label, label2id = _check_labels(id2label)
     hub_kwargs: dict[str, Any] = {
         "revision": revision,
@@ -129,7 +101,7 @@ def load_model_and_processor(
         "token": token,
         "trust_remote_code": trust_remote_code,
     }
-    model_name_or_path = _check_location(model_name_or_path)
+    model_name_or_path = check_location(model_name_or_path)
     original = _load_config(model_name_or_path, hub_kwargs)
     model_type = original.model_type
     supported = supported_model_types()
@@ -141,61 +113,47 @@ def load_model_and_processor(
     load_kwargs: dict[str, Any] = {**hub_kwargs, "ignore_mismatched_sizes": ignore_mismatched_sizes}
     if os.path.isdir(model_name_or_path) and any(Path(model_name_or_path).glob("*.safetensors")):
         load_kwargs["use_safetensors"] = True
-    tower_kwargs = {k: v for k, v in load_kwargs.items() if k != "ignore_mismatched_sizes"}
     # num_labels follows from id2label; passing both makes transformers warn when the checkpoint had other labels.
     labels = {"id2label": id2label, "label2id": label2id}
-    source: str | None = model_name_or_path
-
-    if model_type in _MAE_TYPES:
-        config = transformers.ViTConfig(
-            **{name: getattr(original, name) for name in _MAE_ENCODER_FIELDS},
-            **labels,
-            architectures=["ViTForImageClassification"],
-        )
-        model_cls, extra = transformers.ViTForImageClassification, {}
-        logger.info("Loading the ViTMAE encoder of %s as ViTForImageClassification (no decoder).", model_name_or_path)
-    elif model_type in _CLIP_VISION_TYPES:
-        config = transformers.CLIPConfig(
-            vision_config=original.to_dict(), **labels, architectures=["CLIPForImageClassification"]
-        )
-        # The tower loads through its own class (which knows every layout it was ever saved in) and is handed to the
-        # classifier as a state dict: a key_mapping would be stored on the model and reverted on save_pretrained,
-        # writing keys CLIPForImageClassification cannot reload.
-        try:
-            tower = transformers.CLIPVisionModel.from_pretrained(model_name_or_path, config=original, **tower_kwargs)
-        except (OSError, pickle.UnpicklingError) as err:
-            raise _location_error(model_name_or_path, err) from err
-        state_dict = {f"vision_model.{key}": value for key, value in tower.state_dict().items()}
-        model_cls, extra = transformers.CLIPForImageClassification, {"state_dict": state_dict}
-        source = None  # weights come from state_dict
-        logger.info("Loading the CLIP vision tower %s as CLIPForImageClassification.", model_name_or_path)
+    if model_type in CONVERSIONS:
+        plan = CONVERSIONS[model_type](model_name_or_path, original, labels, load_kwargs)
     else:
-        if model_type == "timm_wrapper":
-            # TimmWrapperConfig.from_dict takes the class count from num_labels, else from the checkpoint's num_classes.
-            labels["num_labels"] = len(id2label)
-        config = _load_config(model_name_or_path, hub_kwargs, **labels)
-        model_cls, extra = transformers.AutoModelForImageClassification, {}
-        if getattr(config, TRUNCATION_FIELD, None):
-            # A model truncated by hf_finetune: rebuilt with hf_finetune's own copy of its class, never with the
-            # modeling file stored next to it.
-            from hf_finetune.backbones.truncation import load_truncated
-
-            model_cls = load_truncated(config)
-    if model_type == "timm_wrapper" and getattr(config, "label_names", None) is not None:
+        plan = _native_plan(model_name_or_path, model_type, labels, hub_kwargs)
+    if model_type == "timm_wrapper" and getattr(plan.config, "label_names", None) is not None:
         # A label_names list from the checkpoint would be saved back and reload as LABEL_0.. instead of our labels.
-        del config.label_names
-    _apply_config_overrides(config, config_overrides)
+        del plan.config.label_names
+    _apply_config_overrides(plan.config, config_overrides)
 
     try:
-        model, loading_info = model_cls.from_pretrained(
-            source, config=config, output_loading_info=True, **(load_kwargs if source else {}), **extra
+        model, loading_info = plan.model_cls.from_pretrained(
+            plan.source,
+            config=plan.config,
+            output_loading_info=True,
+            **(load_kwargs if plan.source else {}),
+            **plan.extra,
         )
     except (OSError, pickle.UnpicklingError) as err:
-        raise _location_error(model_name_or_path, err) from err
+        raise location_error(model_name_or_path, err) from err
     _refresh_head(model, original, id2label, loading_info, model_name_or_path)
     _fix_tf_batchnorm_momentum(model)
     processor = _load_processor(model_name_or_path, hub_kwargs)
     return model, processor
+
+
+def _native_plan(path: str, model_type: str, labels: dict[str, Any], hub_kwargs: dict[str, Any]) -> LoadPlan:
+    """A checkpoint with an image-classifier class: `AutoModelForImageClassification`, or the truncated class."""
+    import transformers
+
+    if model_type == "timm_wrapper":
+        # TimmWrapperConfig.from_dict takes the class count from num_labels, else from the checkpoint's num_classes.
+        labels = {**labels, "num_labels": len(labels["id2label"])}
+    config = _load_config(path, hub_kwargs, **labels)
+    model_cls = transformers.AutoModelForImageClassification
+    if getattr(config, TRUNCATION_FIELD, None):
+        # A model truncated by hf_finetune: rebuilt with hf_finetune's own copy of its class, never with the
+        # modeling file stored next to it.
+        model_cls = load_truncated(config)
+    return LoadPlan(model_cls, config, path)
 
 
 def _fix_tf_batchnorm_momentum(model: nn.Module) -> None:
@@ -230,106 +188,17 @@ def _check_labels(id2label: dict[int, str]) -> tuple[dict[int, str], dict[str, i
     return normalised, {name: index for index, name in normalised.items()}
 
 
-def _looks_like_local_path(value: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if value.startswith((".", "~", os.sep)) or os.path.isabs(value) or (os.altsep and os.altsep in value):
-        return True
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return True
-    return False
-
-
-def _not_found_message(value: str) -> str:
-    return (
-        f"`--model` {value!r} does not exist: pass a Hugging Face Hub model id (e.g. 'facebook/dinov2-small') or a "
-        "local directory containing a config.json."
-    )
-
-
-def _check_location(value: str) -> str:
-    """Returns the local directory (user-expanded) or the Hub id to load; raises for paths that cannot be either."""
-    value = os.fspath(value)
-    path = Path(value).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"`--model` {value!r} is a directory without a config.json: pass a Hugging Face Hub model id or a "
-                "local directory saved with `save_pretrained` (or in the timm Hub layout)."
-            )
-        return str(path)
-    if path.exists() or _looks_like_local_path(value):
-        raise ValueError(_not_found_message(value))
-    return value
-
-
-def _caused_by(err: BaseException, types: tuple[type[BaseException], ...], phrases: tuple[str, ...]) -> bool:
-    """Whether `err` or an exception in its cause/context chain is one of `types` or says one of `phrases`."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, types) or any(phrase in str(seen).lower() for phrase in phrases):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _location_error(value: str, err: BaseException) -> ValueError:
-    """Turns an OSError (or a refused pickle) from a `from_pretrained` call into a ValueError that says what to do."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    if isinstance(err, pickle.UnpicklingError):
-        # transformers reads .bin/.pth weights with torch.load(weights_only=True): anything but tensors is refused.
-        reason = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", str(err), re.S)
-        return ValueError(
-            f"`--model` {value!r}: refused to load its pickled weights (pytorch_model.bin/.pth): they hold Python "
-            f"objects other than tensors, which could run code when loaded ({reason.group(1).strip() if reason else err}). "
-            "Use a checkpoint with model.safetensors; for weights you trust, load them once with "
-            "`torch.load(..., weights_only=False)` and re-save with `save_pretrained` (safetensors)."
-        )
-    if os.path.isdir(value):
-        return ValueError(f"`--model` {value!r} could not be loaded: {err}")
-    offline = getattr(constants, "HF_HUB_OFFLINE", False)
-    if offline or _caused_by(
-        err,
-        (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError),
-        ("couldn't connect", "offline mode"),
-    ):
-        return ValueError(
-            f"`--model` {value!r} is not a local directory and is not in the Hugging Face cache, and the Hub cannot "
-            f"be reached (offline). Download it once with network access (e.g. `hf download {value}`), or pass a "
-            "local directory with a config.json; set HF_HUB_OFFLINE=1 only when the cache already holds the model."
-        )
-    if _caused_by(err, (GatedRepoError,), ("gated repo",)):
-        return ValueError(
-            f"`--model` {value!r} is a gated Hub repository: accept its licence on the Hub, then pass `token` "
-            f"(or run `hf auth login`). ({err})"
-        )
-    return ValueError(f"{_not_found_message(value)} ({err})")
-
-
 def _load_config(value: str, hub_kwargs: dict[str, Any], **kwargs: Any):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(value, **hub_kwargs, **kwargs)
     except OSError as err:
-        raise _location_error(value, err) from err
+        raise location_error(value, err) from err
     except ValueError as err:
-        if "trust_remote_code" in str(err):
-            if hub_kwargs.get("trust_remote_code"):
-                raise
-            raise ValueError(
-                f"`--model` {value!r} needs custom Python code from its repository to load (its config.json has an "
-                "`auto_map`). hf_finetune does not run it unless you pass `--trust-remote-code`: do that only for a "
-                "repository you trust, after reading its .py files."
-            ) from err
-        raise ValueError(
-            f"`--model` {value!r} has a config.json transformers cannot read as a model config ({err}). "
-            f"Supported model types: {', '.join(supported_model_types())}."
-        ) from err
+        if "trust_remote_code" in str(err) and hub_kwargs.get("trust_remote_code"):
+            raise
+        raise unreadable_config_error(value, err, supported_model_types()) from err
 
 
 def _apply_config_overrides(config: Any, overrides: dict[str, Any]) -> None:

@@ -1,26 +1,18 @@
-"""TODO docstring."""
+"""`Stage` and `StageMap`: a model's parameters in ordered groups, input to output, the head last.
+
+The map is what freezing, layer-wise LR decay, PEFT, the feature taps and truncation share; `split_stages` builds
+it. `resolve_stages` turns a flag naming stages (by name or index) into stage names, with an error that lists the
+valid ones.
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-
-logger = logging.getLogger(__name__)
-
-
+# Names of the stages around the blocks (`blocks.0` ... `blocks.{N-1}`), input to output.
 EMBEDDINGS = "embeddings"
-
-
 NORM = "norm"
-
-
 HEAD = "head"
-
-
 # Config field of a model truncated by `truncation.truncate_model` (the cut, what was removed, the kept stages).
 TRUNCATION_FIELD = "hf_finetune_truncation"
 

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Reading features out of a classifier: the head's input and each backbone stage's pooled output.
+
+`FeatureTaps` hooks the modules of the `StageMap` and pools each stage's output the way the model's head pools
+(`split.token_pooling`), in one forward pass; the linear probe, the stage probe and truncation read it.
+`head_linear_layers` finds the head's final linear layer(s), whose inputs are the model's features.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_finetune.backbones.split import channels_last, split_stages, token_pooling
+from hf_finetune.backbones.split import split_stages, token_pooling
 from hf_finetune.backbones.stages import EMBEDDINGS, StageMap
 from hf_finetune.data.images import to_rgb
 
@@ -42,6 +47,13 @@ def head_linear_layers(model: torch.nn.Module, stage_map: StageMap | None = None
     return found
 
 
+def channels_last(module: torch.nn.Module) -> bool:
+    """Whether a module's 4-D output is `[B, H, W, C]` (timm modules that declare `output_fmt="NHWC"`: ViT patch
+    embeddings with dynamic image size, Swin / MaxViT stages) rather than PyTorch's `[B, C, H, W]`."""
+    fmt = getattr(module, "output_fmt", None)
+    return getattr(fmt, "value", fmt) == "NHWC"
+
+
 def _first_tensor(output: Any) -> torch.Tensor | None:
     """The first tensor of a module's output (a tensor, a tuple/list, or a ModelOutput/dict)."""
     if isinstance(output, torch.Tensor):
@@ -71,7 +83,7 @@ class FeatureTaps:
 
     A stage's output is the output of the last of its modules to run (found while the forward runs, so the
     registration order of submodules does not matter); token sequences are pooled the way the model's head pools
-    them (`backbone.token_pooling`), except the embeddings (their CLS token is the same for every image), which are
+    them (`split.token_pooling`), except the embeddings (their CLS token is the same for every image), which are
     averaged.
 
     Args:

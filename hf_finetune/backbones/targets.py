@@ -1,29 +1,23 @@
-"""TODO docstring."""
+"""Which parameters an optimizer or PEFT method should treat specially: weight-decay exemptions, default LoRA
+targets, and the parameters a peft-wrapped model may train.
+
+The rules are structural (norm layers, 1-D parameters, position embeddings and learned tokens by name, attention
+projections by name, the stages of `split_stages`); what a family's own code says (timm's `no_weight_decay()`) comes
+from its adapter. Nothing here builds an optimizer or freezes anything.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-from typing import TYPE_CHECKING
 
 from torch import nn
 
-from hf_finetune.backbones.split import (
-    _NORM_CLASS_NAME,
-    _NORM_TYPES,
-    _find_timm_model,
-    _module_qualname,
-    _under,
-    _unwrap_peft,
-    split_stages,
-)
+from hf_finetune.backbones.adapters import adapter_for
+from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import EMBEDDINGS
-
-if TYPE_CHECKING:
-    pass
+from hf_finetune.backbones.tree import NORM_CLASS_NAME, NORM_TYPES, unwrap_peft
 
 logger = logging.getLogger(__name__)
-
 
 # Parameter names (any dotted component) that are positional encodings or learned tokens: decaying them toward zero
 # erases position information or the token's learned content; BEiT, DeiT, DINOv2, Swin and timm all exempt them.
@@ -46,8 +40,6 @@ _NO_DECAY_NAME_PARTS = frozenset(
 )
 
 
-
-
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Names of the parameters that must not receive weight decay.
 
@@ -66,21 +58,15 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     """
     names: set[str] = set()
     for module_name, module in model.named_modules():
-        is_norm = isinstance(module, _NORM_TYPES) or _NORM_CLASS_NAME.search(type(module).__name__) is not None
+        is_norm = isinstance(module, NORM_TYPES) or NORM_CLASS_NAME.search(type(module).__name__) is not None
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             if is_norm or param.ndim <= 1 or _NO_DECAY_NAME_PARTS.intersection(full.split(".")):
                 names.add(full)
 
-    # timm models name their own exemptions, relative to the timm model and possibly with wildcards.
-    timm_model, _ = _find_timm_model(_unwrap_peft(model)[0])
-    if timm_model is not None and hasattr(timm_model, "no_weight_decay"):
-        full_prefix = _module_qualname(model, timm_model)
-        full_prefix = f"{full_prefix}." if full_prefix else ""
-        patterns = set(timm_model.no_weight_decay())
-        for name, _ in timm_model.named_parameters():
-            if any(fnmatch.fnmatch(name, p) or _under(name, p) for p in patterns):
-                names.add(full_prefix + name)
+    # A family's own code may name more (timm's `no_weight_decay()`), relative to the model inside a peft wrapper.
+    inner, prefix = unwrap_peft(model)
+    names.update(prefix + name for name in adapter_for(inner).no_weight_decay_names(inner))
     return names
 
 
@@ -159,7 +145,7 @@ def tunable_parameter_names(model: nn.Module) -> set[str] | None:
     Returns:
         `set[str]` for a `PeftModel`, `None` (every parameter may train) otherwise.
     """
-    inner, _ = _unwrap_peft(model)
+    inner, _ = unwrap_peft(model)
     if inner is model:
         return None
     prefix = getattr(model.base_model, "prefix", "lora_")

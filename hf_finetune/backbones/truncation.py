@@ -33,24 +33,15 @@ from torch import nn
 
 from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import NORM, TRUNCATION_FIELD, StageMap, resolve_stages, valid_stages_text
+from hf_finetune.backbones.taps import FeatureTaps, head_linear_layers
 
 logger = logging.getLogger(__name__)
 
-
 REMOTE_CODE_FILE = "modeling_hf_finetune_truncated.py"
-
-
 _MODULE_STEM = REMOTE_CODE_FILE.removesuffix(".py")
-
-
 AUTO_CLASS = "AutoModelForImageClassification"
-
-
 NONE = "none"
-
-
 AUTO = "auto"
-
 
 # The file saved next to a truncated model. Self-contained: a Space or a plain `transformers` user loads it without
 # hf_finetune. `__BASE__` is replaced by the base class name (a transformers image-classification class).
@@ -94,10 +85,7 @@ class Truncated__BASE__(__BASE__):
         apply_truncation(self, getattr(config, TRUNCATION_FIELD))
 '''
 
-
 _CLASSES: dict[str, type] = {}
-
-
 _MODULE_DIR: Path | None = None
 
 
@@ -215,8 +203,6 @@ def plan_truncation(model: nn.Module, after: str, model_name: str = "the model")
         after (`str`): a backbone stage name or index.
         model_name (`str`): `--model`, for error messages.
     """
-    from hf_finetune.backbones.taps import FeatureTaps
-
     stage_map = split_stages(model)
     (cut,) = resolve_stages(stage_map, after, "--truncate-after", model_name)
     backbone = [stage.name for stage in stage_map.backbone]
@@ -292,8 +278,6 @@ def truncate_model(model: nn.Module, after: str, model_name: str = "the model") 
     Raises:
         `ValueError`: `after` is not a backbone stage below the top one.
     """
-    from hf_finetune.backbones.taps import head_linear_layers
-
     before = sum(p.numel() for p in model.parameters())
     head = [name for name, _ in head_linear_layers(model)]
     record = plan_truncation(model, after, model_name)
