@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`python -m hf_finetune card OUTPUT_DIR`: (re)generate a finished run's model card and its plots.
+
+    python -m hf_finetune card runs/my-model [--repo-id user/name] [--license apache-2.0] [--template my_card.md.jinja]
+
+The card is built by `hf_finetune.sharing.model_card.write_model_card` from the run's records; a missing record or
+template is reported on stderr with exit code 2.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`python -m hf_finetune demo OUTPUT_DIR`: serve a fine-tuned model's Gradio demo on this machine.
+
+    python -m hf_finetune demo runs/my-model [--host 127.0.0.1] [--port 7860] [--top-k 3]
+
+The app is the one a Space runs (the packaged copy of `spaces_demo/app.py`, loaded by
+`hf_finetune.sharing.demo.load_app`); it needs the `demo` extra (`pip install "hf_finetune[demo]"`).
+"""
 
 from __future__ import annotations
 

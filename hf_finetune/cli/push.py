@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`python -m hf_finetune push OUTPUT_DIR --repo-id user/name`: upload a finished run to the Hugging Face Hub.
+
+    python -m hf_finetune push runs/my-model --repo-id user/name [--private] [--push-demo [--space-id user/name-demo]]
+
+The upload is `hf_finetune.sharing.hub.push_to_hub`. Exit codes: 0 pushed, 1 the upload failed (the local run is
+unchanged and the retry command is printed), 2 bad arguments or an incomplete run.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """The Gradio demo, locally: `python -m hf_finetune demo OUTPUT_DIR`.
 
-The app itself is `spaces_demo/app.py`, self-contained so that the same file runs on a Hugging Face Space (where
-hf_finetune is not installed). This module loads it by path (`load_app`) so the CLI, the tests and the Space share one
-implementation, and picks the example images a run ships for it (`save_example_images`).
+The app itself is `space/app.py` of this sub-package (package data, with the Space's `requirements.txt` and
+`README.md`; the repository's `spaces_demo/` is the same folder, ready to push), self-contained so that the same file
+runs on a Hugging Face Space (where hf_finetune is not installed). This module loads it by path (`load_app`) so the
+CLI, the tests and the Space share one implementation, and picks the example images a run ships for it
+(`save_example_images`).
 """
 
 from __future__ import annotations
@@ -11,31 +13,34 @@ import importlib.util
 import logging
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from PIL import Image
 
+from hf_finetune.config.files import EXAMPLES_DIR
+from hf_finetune.data.images import to_rgb
+
 logger = logging.getLogger(__name__)
 
-
-# Source checkouts (and editable installs) keep the Space folder next to the package.
-SPACES_DEMO_DIR = Path(__file__).resolve().parents[2] / "spaces_demo"
-
+# Package data (pyproject.toml), so a wheel install finds the app as a source checkout does. pip installs packages as
+# plain files, and the app is imported by file path: the resource is used as one.
+SPACES_DEMO_DIR = Path(str(resources.files("hf_finetune.sharing") / "space"))
 
 _MODULE_NAME = "hf_finetune_spaces_demo_app"
 
 
 def load_app() -> ModuleType:
-    """Imports `spaces_demo/app.py` by path (once per process)."""
+    """Imports the packaged Space app (`SPACES_DEMO_DIR/app.py`) by path, once per process."""
     if _MODULE_NAME in sys.modules:
         return sys.modules[_MODULE_NAME]
     path = SPACES_DEMO_DIR / "app.py"
     if not path.is_file():
         raise FileNotFoundError(
-            f"The demo app {str(path)!r} is missing: hf_finetune runs it from the source checkout (install with "
-            "`pip install -e .`)."
+            f"The demo app {str(path)!r} is missing from the installed hf_finetune: reinstall it "
+            "(`pip install --force-reinstall hf_finetune`)."
         )
     spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
     module = importlib.util.module_from_spec(spec)
@@ -45,7 +50,7 @@ def load_app() -> ModuleType:
 
 
 def build_demo(model: str, top_k: int | None = None) -> Any:
-    """The demo's `gradio.Blocks` for `model` (an output directory or a Hub id); see `spaces_demo/app.py`."""
+    """The demo's `gradio.Blocks` for `model` (an output directory or a Hub id); see the Space app's `build_demo`."""
     return load_app().build_demo(model, top_k=top_k)
 
 
@@ -62,9 +67,6 @@ def save_example_images(dataset: Any, labels: list[str], output_dir: str, count:
         `list[str]`: the written paths.
     """
     import datasets
-
-    from hf_finetune.config.files import EXAMPLES_DIR
-    from hf_finetune.data.images import to_rgb
 
     if count <= 0 or len(dataset) == 0:
         return []

@@ -20,20 +20,16 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from hf_finetune.sharing.demo import SPACES_DEMO_DIR
+from hf_finetune.sharing.model_card import write_model_card
 
+logger = logging.getLogger(__name__)
 
 # Checkpoints are for resuming, not for users; training_args.bin is a pickle (run_config.json says the same in JSON).
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "*.tmp", ".cache/**"]
-
-
 # What a pushable output directory must hold: a loadable model and its card.
 _REQUIRED = ("config.json", "README.md")
-
-
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 
 
@@ -118,11 +114,9 @@ def uploaded_files(output_dir: str) -> list[str]:
 
 
 def _space_folder(destination: str, model_repo_id: str) -> None:
-    """Copies spaces_demo/ into `destination`, its README front matter pointing at `model_repo_id`."""
+    """Copies the packaged Space folder (`SPACES_DEMO_DIR`) into `destination`, its README pointing at `model_repo_id`."""
     import gradio
     from huggingface_hub import SpaceCard
-
-    from hf_finetune.sharing.demo import SPACES_DEMO_DIR
 
     for name in SPACE_FILES:
         shutil.copy2(SPACES_DEMO_DIR / name, os.path.join(destination, name))
@@ -134,7 +128,7 @@ def _space_folder(destination: str, model_repo_id: str) -> None:
 
 
 def push_demo_space(api: Any, model_repo_id: str, space_id: str, private: bool | None = None) -> str:
-    """Creates (or updates) a Gradio Space running spaces_demo/app.py on `model_repo_id`; returns the Space id."""
+    """Creates (or updates) a Gradio Space running the packaged demo app on `model_repo_id`; returns the Space id."""
     space = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         _space_folder(folder, model_repo_id)
@@ -178,8 +172,6 @@ def push_to_hub(
         `ValueError`: `output_dir` is not a complete run, or `repo_id`/`space_id` is not a valid repository id.
     """
     from huggingface_hub import HfApi
-
-    from hf_finetune.sharing.model_card import write_model_card
 
     check_repo_id(repo_id)
     if space_id:

@@ -3,9 +3,10 @@
 Everything on the card comes from the run's own files: `run_config.json` (arguments, seeds, versions, splits, freeze
 events, and an advisor `recipe` when there is one), `schedule.json` (per-epoch trainable stages, per-group LRs,
 losses, validation metrics, per-step LR history) and `test_report.json` (test metrics, per-class table, confusion
-matrix, and a linear-probe `baseline` when one was run). The body is the Jinja template
-`model_card_templates/model_card.md.jinja`, rendered through huggingface_hub's `ModelCard.from_template`; the metadata
-is a `ModelCardData` whose `eval_results` become the Hub's `model-index`.
+matrix, and a linear-probe `baseline` when one was run). The body is the Jinja template `templates/model_card.md.jinja`
+of this sub-package (package data, so a wheel install has it; `model_card_templates/` of the repository is the same
+file), rendered through huggingface_hub's `ModelCard.from_template`; the metadata is a `ModelCardData` whose
+`eval_results` become the Hub's `model-index`.
 
     python -m hf_finetune card OUTPUT_DIR [--repo-id user/name] [--license apache-2.0]
 """
@@ -16,10 +17,11 @@ import json
 import logging
 import math
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hf_finetune.backbones.loading import _looks_like_local_path
+from hf_finetune.backbones.errors import looks_like_local_path
 from hf_finetune.config.files import (
     CARD_FILE,
     CONFUSION_MATRIX_FILE,
@@ -34,24 +36,22 @@ from hf_finetune.evaluation.plots import plot_lr_schedule, plot_training_curves,
 
 logger = logging.getLogger(__name__)
 
-
 TEMPLATE_NAME = "model_card.md.jinja"
 
-
-# Source checkouts (and editable installs) keep the templates next to the package.
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "model_card_templates"
-
+# Package data (pyproject.toml), so a wheel install renders cards as a source checkout does. pip installs packages as
+# plain files, and `ModelCard.from_template` needs a file path: the resource is used as one.
+TEMPLATE_DIR = Path(str(resources.files("hf_finetune.sharing") / "templates"))
 
 _FALLBACK_LICENSE = "other"
 
 
 def default_template_path() -> Path:
-    """`model_card_templates/model_card.md.jinja` of the source checkout."""
+    """The packaged `templates/model_card.md.jinja` (a copy of the repository's `model_card_templates/`)."""
     path = TEMPLATE_DIR / TEMPLATE_NAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"The model card template {str(path)!r} is missing: hf_finetune reads it from the source checkout "
-            "(install with `pip install -e .`), or pass `template_path`."
+            f"The model card template {str(path)!r} is missing from the installed hf_finetune: reinstall it "
+            "(`pip install --force-reinstall hf_finetune`), or pass `template_path`."
         )
     return path
 
@@ -71,7 +71,7 @@ def _read_json(output_dir: str, name: str, required: bool = True) -> dict[str, A
 
 def _is_hub_id(value: str | None) -> bool:
     """Whether `value` names a Hub repository (not a local path): only those belong in the card's metadata."""
-    return bool(value) and not os.path.exists(value) and not _looks_like_local_path(value)
+    return bool(value) and not os.path.exists(value) and not looks_like_local_path(value)
 
 
 def _card_license_of(model_ref: str) -> str | None:
@@ -218,64 +218,37 @@ def _baseline_context(baseline: Any, report: dict[str, Any]) -> dict[str, Any] |
     return {"rows": rows, "extras": extras}
 
 
-def build_model_card(
-    output_dir: str,
-    *,
-    repo_id: str | None = None,
-    license: str | None = None,
-    template_path: str | os.PathLike | None = None,
-    write_plots: bool = True,
-) -> Any:
-    """Builds the model card of a finished run from its records.
+def _card_identity(config: dict[str, Any], output_dir: str, repo_id: str | None, license: str | None) -> dict[str, Any]:
+    """What the card is about: the model's name and repository, its base model, its dataset and its licence.
 
-    Args:
-        output_dir (`str`):
-            The run's output directory (holding `run_config.json`, `schedule.json`, `test_report.json`).
-        repo_id (`str`, *optional*, defaults to `None`):
-            Hub repository the model lives in (usage snippet, model-index name). Default: `--hub-model-id` of the run,
-            else the output directory's name with a local-path snippet.
-        license (`str`, *optional*, defaults to `None`):
-            Licence id for the metadata. Default: the run's `--license`, else the base model's stated licence, else
-            `"other"`.
-        template_path (`str` or `os.PathLike`, *optional*, defaults to `None`):
-            A Jinja template; default `model_card_templates/model_card.md.jinja`.
-        write_plots (`bool`, *optional*, defaults to `True`):
-            (Re)draw `lr_schedule.png` and `training_curves.png` into `output_dir`.
-
-    Returns:
-        `huggingface_hub.ModelCard`: the card (not yet saved).
+    The keys are template variables; `_card_metadata` reads them too.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    config = _read_json(output_dir, RUN_CONFIG_FILE)
-    report = _read_json(output_dir, TEST_REPORT_FILE)
-    schedule = _read_json(output_dir, SCHEDULE_FILE, required=False)
-    freeze_events = config.get("freeze_events", [])
-    if write_plots:
-        plot_lr_schedule(schedule, freeze_events, os.path.join(output_dir, LR_SCHEDULE_FILE))
-        plot_training_curves(schedule, os.path.join(output_dir, TRAINING_CURVES_FILE))
-
     model_ref = config["model"]["model"]
     dataset_ref = config["data"]["dataset"]
-    training = config.get("training", {})
-    finetune = config.get("finetune", {})
-    share = config.get("share", {})
-    repo_id = repo_id or training.get("hub_model_id")
-    model_name = (repo_id or os.path.basename(os.path.abspath(output_dir))).split("/")[-1]
-    license_id = license or share.get("license") or _card_license_of(model_ref) or _FALLBACK_LICENSE
+    repo_id = repo_id or config.get("training", {}).get("hub_model_id")
     dataset_is_hub = _is_hub_id(dataset_ref)
-    dataset_name = dataset_ref if dataset_is_hub else os.path.basename(os.path.normpath(dataset_ref))
-    peft = config.get("peft")
+    return dict(
+        model_name=(repo_id or os.path.basename(os.path.abspath(output_dir))).split("/")[-1],
+        repo_id=repo_id,
+        model_ref=model_ref,
+        base_model_is_hub=_is_hub_id(model_ref),
+        dataset_ref=dataset_ref,
+        dataset_name=dataset_ref if dataset_is_hub else os.path.basename(os.path.normpath(dataset_ref)),
+        dataset_is_hub=dataset_is_hub,
+        license_id=license or config.get("share", {}).get("license") or _card_license_of(model_ref) or _FALLBACK_LICENSE,
+    )
 
-    labels = report["labels"]
-    num_test = int(report["num_samples"])
-    correct = sum(report["confusion_matrix"][i][i] for i in range(len(labels)))
-    ci_low, ci_high = wilson_interval(correct, num_test)
+
+def _card_metadata(config: dict[str, Any], report: dict[str, Any], identity: dict[str, Any]) -> Any:
+    """The card's YAML metadata (`ModelCardData`): the test metrics become the Hub's `model-index`."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_ref, dataset_is_hub = identity["dataset_ref"], identity["dataset_is_hub"]
     common = dict(
         task_type="image-classification",
         task_name="Image Classification",
         dataset_type=dataset_ref if dataset_is_hub else "imagefolder",
-        dataset_name=dataset_name,
+        dataset_name=identity["dataset_name"],
         dataset_config=config["data"].get("dataset_config"),
         dataset_split="test",
     )
@@ -286,40 +259,43 @@ def build_model_card(
             metric_args={"average": "macro"}, **common,
         ),
     ]
-    tags = ["image-classification", "vision", "hf_finetune", finetune.get("strategy", "fine-tuned")]
+    tags = ["image-classification", "vision", "hf_finetune", config.get("finetune", {}).get("strategy", "fine-tuned")]
     if str(config.get("stage_family", "")).startswith("timm:"):
         tags.append("timm")
-    if peft:
+    if config.get("peft"):
         tags += ["peft", "lora"]
-    card_data = ModelCardData(
-        base_model=model_ref if _is_hub_id(model_ref) else None,
+    return ModelCardData(
+        base_model=identity["model_ref"] if identity["base_model_is_hub"] else None,
         datasets=[dataset_ref] if dataset_is_hub else None,
         library_name="transformers",
         pipeline_tag="image-classification",
-        license=license_id,
+        license=identity["license_id"],
         tags=tags,
         metrics=["accuracy", "f1"],
-        model_name=model_name,
+        model_name=identity["model_name"],
         eval_results=eval_results,
     )
 
+
+def _card_context(
+    output_dir: str, config: dict[str, Any], report: dict[str, Any], schedule: dict[str, Any], identity: dict[str, Any]
+) -> dict[str, Any]:
+    """The template's variables: `identity`, then the run's records reshaped into the card's tables."""
+    freeze_events = config.get("freeze_events", [])
+    labels = report["labels"]
+    num_test = int(report["num_samples"])
+    correct = sum(report["confusion_matrix"][i][i] for i in range(len(labels)))
+    ci_low, ci_high = wilson_interval(correct, num_test)
     stages = [stage["name"] for stage in config.get("stages", []) if stage["name"] != "head"]
     examples_dir = os.path.join(output_dir, EXAMPLES_DIR)
-    context = dict(
-        model_name=model_name,
-        repo_id=repo_id,
-        model_ref=model_ref,
-        base_model_is_hub=_is_hub_id(model_ref),
-        dataset_ref=dataset_ref,
-        dataset_name=dataset_name,
-        dataset_is_hub=dataset_is_hub,
-        license_id=license_id,
+    return dict(
+        **identity,
         labels=labels,
         splits=config.get("splits", {}),
         preprocessing=config.get("preprocessing", {}),
         data=config["data"],
-        finetune=finetune,
-        peft=peft,
+        finetune=config.get("finetune", {}),
+        peft=config.get("peft"),
         accuracy=_fmt(report["accuracy"]),
         macro_f1=_fmt(report["macro_f1"]),
         accuracy_ci=f"{ci_low:.3f}–{ci_high:.3f}",
@@ -347,13 +323,52 @@ def build_model_card(
         best_checkpoint=config.get("best_checkpoint"),
         best_validation_macro_f1=_fmt(config.get("best_validation_macro_f1")),
         epochs_run=config.get("epochs_run"),
-        training=training,
+        training=config.get("training", {}),
         full_config=json.dumps(config, indent=2, default=str),
         examples=sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else [],
         examples_dir=EXAMPLES_DIR,
     )
+
+
+def build_model_card(
+    output_dir: str,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    template_path: str | os.PathLike | None = None,
+    write_plots: bool = True,
+) -> Any:
+    """Builds the model card of a finished run from its records.
+
+    Args:
+        output_dir (`str`):
+            The run's output directory (holding `run_config.json`, `schedule.json`, `test_report.json`).
+        repo_id (`str`, *optional*, defaults to `None`):
+            Hub repository the model lives in (usage snippet, model-index name). Default: `--hub-model-id` of the run,
+            else the output directory's name with a local-path snippet.
+        license (`str`, *optional*, defaults to `None`):
+            Licence id for the metadata. Default: the run's `--license`, else the base model's stated licence, else
+            `"other"`.
+        template_path (`str` or `os.PathLike`, *optional*, defaults to `None`):
+            A Jinja template; default the packaged `templates/model_card.md.jinja` (see `default_template_path`).
+        write_plots (`bool`, *optional*, defaults to `True`):
+            (Re)draw `lr_schedule.png` and `training_curves.png` into `output_dir`.
+
+    Returns:
+        `huggingface_hub.ModelCard`: the card (not yet saved).
+    """
+    from huggingface_hub import ModelCard
+
+    config = _read_json(output_dir, RUN_CONFIG_FILE)
+    report = _read_json(output_dir, TEST_REPORT_FILE)
+    schedule = _read_json(output_dir, SCHEDULE_FILE, required=False)
+    if write_plots:
+        plot_lr_schedule(schedule, config.get("freeze_events", []), os.path.join(output_dir, LR_SCHEDULE_FILE))
+        plot_training_curves(schedule, os.path.join(output_dir, TRAINING_CURVES_FILE))
+    identity = _card_identity(config, output_dir, repo_id, license)
+    context = _card_context(output_dir, config, report, schedule, identity)
     template = Path(template_path) if template_path else default_template_path()
-    return ModelCard.from_template(card_data, template_path=str(template), **context)
+    return ModelCard.from_template(_card_metadata(config, report, identity), template_path=str(template), **context)
 
 
 def write_model_card(output_dir: str, **kwargs: Any) -> str:

@@ -1,0 +1,1 @@
+../../../spaces_demo/app.py
