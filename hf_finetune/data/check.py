@@ -3,8 +3,9 @@
 `datasets` decodes images lazily, so a corrupt, truncated or empty file would otherwise only fail in the middle of
 an epoch. The scan reads the raw files/bytes (`datasets.Image(decode=False)`), decodes each one the way training
 will (open, full decode, conversion to RGB) in a thread pool (Pillow releases the GIL while decoding), and returns
-the dataset without the failures plus a list of `{file, split, kind, reason}` records that `run_config.json` keeps. For a local ImageFolder directory it also lists what `imagefolder` silently ignored: files
-that are not images (e.g. `notes.txt` in a class folder) and class folders without a single image.
+the dataset without the failures plus a list of `{file, split, kind, reason}` records that `run_config.json` keeps.
+For a local ImageFolder directory it also lists what `imagefolder` silently ignored: files that are not images (e.g.
+`notes.txt` in a class folder) and class folders without a single image.
 """
 
 from __future__ import annotations
@@ -16,20 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from hf_finetune.data.images import open_image, to_rgb
 
+logger = logging.getLogger(__name__)
 
 # imagefolder reads these as metadata, not as images.
 _METADATA_FILES = frozenset({"metadata.csv", "metadata.jsonl", "metadata.parquet"})
-
-
 # Lines of the skipped-file list written to the log; the full list always goes to run_config.json.
 _LOG_LIMIT = 50
-
-
 _BATCH = 512
-
-
 UNREADABLE, NOT_AN_IMAGE = "unreadable", "not_an_image"
 
 
@@ -75,8 +71,6 @@ def image_problem(path: str | None = None, data: bytes | None = None) -> str | N
         path (`str`, *optional*): a file to check.
         data (`bytes`, *optional*): the encoded image, when it lives in the dataset rather than in a file.
     """
-    from hf_finetune.data.images import open_image, to_rgb
-
     try:
         if (len(data) if data is not None else os.path.getsize(path)) == 0:
             return "empty file (0 bytes)"

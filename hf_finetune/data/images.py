@@ -1,10 +1,12 @@
-"""Decode each image once: an in-memory cache of decoded (and, where the transform allows, downscaled)
-images and of finished evaluation tensors, within a byte budget.
+"""Open and decode images, convert them to RGB, and decode each one once: an in-memory cache of decoded (and,
+where the transform allows, downscaled) images and of finished evaluation tensors, within a byte budget.
 
-Small datasets are read every epoch; decoding a 2592x1944 JPEG to train on a 224x224 crop wastes most
+`open_image` decodes an undecoded `datasets.Image` value (path or bytes); `to_rgb` turns any PIL mode (grayscale,
+palette, alpha, 16-bit) into 8-bit RGB the way every consumer needs it (training, the image check, the feature pass,
+the demo). Small datasets are read every epoch; decoding a 2592x1944 JPEG to train on a 224x224 crop wastes most
 of a CPU step. Training images are kept downscaled so that even the smallest random-resized crop still
 has at least the model's input resolution (JPEGs are decoded at reduced scale with `draft`). Validation
-and test inputs are deterministic, so their final tensors are kept as they are.
+and test inputs are deterministic, so their final tensors are kept as they are (`DecodeCache`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import torch
 from PIL import Image
 
 logger = logging.getLogger(__name__)
-
 
 # Enough for a few thousand training images at ~380 px plus their evaluation tensors on a laptop.
 DEFAULT_BUDGET_BYTES = 2 * 1024**3

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Batch-level mixup / CutMix: `BatchMixer` applies torchvision's `MixUp` or `CutMix` (one of them per batch, at
+random) to a collated batch and returns soft targets.
+
+It is on from the start with `--mixup on`; with `--mixup auto` the gap monitor (`training.callbacks.monitor`) switches
+it on when train macro-F1 runs ahead of validation. `FinetuneTrainer.compute_loss` passes every training batch through it.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""Data: load an ImageFolder directory or a Hub dataset, make clean stratified splits, and
-turn images into model inputs with the checkpoint's own preprocessing.
+"""Load an ImageFolder directory or a Hub dataset and make clean, stratified train / validation / test splits.
 
+The image and label columns are found (or named by `--image-column` / `--label-column`) and cast to images and one
+class label shared by every split; unreadable images are left out (`check.py`) and classes left without an image
+dropped. The dataset's own splits are used where present, the missing ones are carved from train, stratified by label.
+`DataSplits` holds the three splits, the class names and where each split came from (`run_config.json` records it).
 The test split is never used for any decision; it is evaluated once, at the end.
 """
 
@@ -13,13 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_finetune.config.sources import DataArguments
+from hf_finetune.data.check import drop_unreadable_images
 
 logger = logging.getLogger(__name__)
 
-
 _VALIDATION_NAMES = ("validation", "valid", "val", "dev")
-
-
 _TEST_NAMES = ("test", "testing")
 
 
@@ -43,6 +44,7 @@ class DataSplits:
 
     @property
     def id2label(self) -> dict[int, str]:
+        """Label id -> class name, as a model config takes it."""
         return dict(enumerate(self.labels))
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -197,17 +199,8 @@ def _stratified_split(dataset: Any, fraction: float, seed: int, what: str, label
     return rest, parts["test"], thin_names
 
 
-def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
-    """Loads `--dataset` and returns train/validation/test splits with columns `image` and `label`.
-
-    Uses the dataset's own splits where present. Otherwise, stratified splits made with `seed`: with train +
-    validation only, the given validation split becomes the untouched test split and a new validation split is
-    carved from train; with train only, both are carved from train.
-
-    Args:
-        data_args (`DataArguments`): the data flags.
-        seed (`int`): seed of the stratified splits.
-    """
+def _load_dataset_dict(data_args: DataArguments) -> Any:
+    """`--dataset` as a `datasets.DatasetDict` that has a train split."""
     import datasets
 
     raw = _load_raw(data_args)
@@ -215,6 +208,12 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         raw = datasets.DatasetDict({"train": raw})
     if "train" not in raw:
         raise ValueError(f"The dataset {data_args.dataset!r} has no 'train' split; it has {list(raw)}.")
+    return raw
+
+
+def _find_columns(raw: Any, data_args: DataArguments) -> tuple[str, str]:
+    """(image column, label column): the ones the flags name, else the single column of each type."""
+    import datasets
 
     features = raw["train"].features
     if os.path.isdir(data_args.dataset) and data_args.label_column is None and not any(
@@ -227,11 +226,69 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         )
     image_col = _pick_column(features, data_args.image_column, "image", "image-column")
     label_col = _pick_column(features, data_args.label_column, "label", "label-column")
+    return image_col, label_col
+
+
+def _normalise(split: Any, image_col: str, label_col: str) -> Any:
+    """The split with only the columns `image` and `label`."""
+    split = split.select_columns([image_col, label_col])
+    if image_col != "image":
+        split = split.rename_column(image_col, "image")
+    if label_col != "label":
+        split = split.rename_column(label_col, "label")
+    return split
+
+
+def _three_splits(
+    raw: Any, image_col: str, label_col: str, data_args: DataArguments, seed: int, labels: list[str]
+) -> tuple[Any, Any, Any, dict[str, str], list[str]]:
+    """(train, validation, test, where each came from, train-only class names): the dataset's own test and validation
+    splits where present (a lone validation split becomes the test split), else stratified parts of train."""
+    train = _normalise(raw["train"], image_col, label_col)
+    val_name, test_name = _find_split(raw, _VALIDATION_NAMES), _find_split(raw, _TEST_NAMES)
+    origins: dict[str, str] = {}
+    train_only: list[str] = []
+
+    if test_name is not None:
+        test = _normalise(raw[test_name], image_col, label_col)
+        origins["test"] = f"dataset split '{test_name}'"
+    elif val_name is not None:
+        test = _normalise(raw[val_name], image_col, label_col)
+        origins["test"] = f"dataset split '{val_name}' (no test split given; it stays untouched until the end)"
+        val_name = None
+    else:
+        train, test, thin = _stratified_split(train, data_args.test_fraction, seed, "test", labels)
+        train_only += thin
+        origins["test"] = f"stratified {data_args.test_fraction:.0%} of train (seed {seed})"
+
+    if val_name is not None:
+        validation = _normalise(raw[val_name], image_col, label_col)
+        origins["validation"] = f"dataset split '{val_name}'"
+    else:
+        train, validation, thin = _stratified_split(train, data_args.validation_fraction, seed, "validation", labels)
+        train_only += [name for name in thin if name not in train_only]
+        origins["validation"] = f"stratified {data_args.validation_fraction:.0%} of train (seed {seed})"
+    carved = [name for name in ("validation", "test") if origins[name].startswith("stratified")]
+    origins["train"] = "dataset split 'train'" + (f" minus the held-out {' and '.join(carved)}" if carved else "")
+    return train, validation, test, origins, train_only
+
+
+def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
+    """Loads `--dataset` and returns train/validation/test splits with columns `image` and `label`.
+
+    Uses the dataset's own splits where present. Otherwise, stratified splits made with `seed`: with train +
+    validation only, the given validation split becomes the untouched test split and a new validation split is
+    carved from train; with train only, both are carved from train.
+
+    Args:
+        data_args (`DataArguments`): the data flags.
+        seed (`int`): seed of the stratified splits.
+    """
+    raw = _load_dataset_dict(data_args)
+    image_col, label_col = _find_columns(raw, data_args)
     raw = _as_class_label_column(_as_image_column(raw, image_col), label_col)
     image_check = None
     if data_args.check_images:
-        from hf_finetune.data.check import drop_unreadable_images
-
         local_root = data_args.dataset if os.path.isdir(data_args.dataset) else None
         raw, image_check = drop_unreadable_images(raw, image_col, local_root)
     raw, empty_classes = _drop_empty_classes(raw, label_col)
@@ -241,46 +298,13 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
             f"The dataset {data_args.dataset!r} has a single class ({labels}); classification needs at least 2 "
             "classes (one sub-folder per class)."
         )
-
-    def normalise(split: Any) -> Any:
-        split = split.select_columns([image_col, label_col])
-        if image_col != "image":
-            split = split.rename_column(image_col, "image")
-        if label_col != "label":
-            split = split.rename_column(label_col, "label")
-        return split
-
-    train = normalise(raw["train"])
-    val_name, test_name = _find_split(raw, _VALIDATION_NAMES), _find_split(raw, _TEST_NAMES)
     provenance: dict[str, Any] = {"source": data_args.dataset, "image_column": image_col, "label_column": label_col}
     if image_check is not None:
         provenance["image_check"] = image_check.summary()
     if empty_classes:
         provenance["dropped_classes"] = empty_classes
-    train_only: list[str] = []
-
-    if test_name is not None:
-        test = normalise(raw[test_name])
-        provenance["test"] = f"dataset split '{test_name}'"
-    elif val_name is not None:
-        test = normalise(raw[val_name])
-        provenance["test"] = f"dataset split '{val_name}' (no test split given; it stays untouched until the end)"
-        val_name = None
-    else:
-        train, test, thin = _stratified_split(train, data_args.test_fraction, seed, "test", labels)
-        train_only += thin
-        provenance["test"] = f"stratified {data_args.test_fraction:.0%} of train (seed {seed})"
-
-    if val_name is not None:
-        validation = normalise(raw[val_name])
-        provenance["validation"] = f"dataset split '{val_name}'"
-    else:
-        train, validation, thin = _stratified_split(train, data_args.validation_fraction, seed, "validation", labels)
-        train_only += [name for name in thin if name not in train_only]
-        provenance["validation"] = f"stratified {data_args.validation_fraction:.0%} of train (seed {seed})"
-    carved = [name for name in ("validation", "test") if provenance[name].startswith("stratified")]
-    provenance["train"] = "dataset split 'train'" + (f" minus the held-out {' and '.join(carved)}" if carved else "")
-
+    train, validation, test, origins, train_only = _three_splits(raw, image_col, label_col, data_args, seed, labels)
+    provenance.update(origins)
     if train_only:
         provenance["train_only_classes"] = train_only
     splits = DataSplits(

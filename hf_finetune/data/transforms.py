@@ -1,14 +1,18 @@
-"""Label-safe training augmentation presets and batch-level mixup / CutMix.
+"""Turn images into model inputs with the checkpoint's own preprocessing, and the label-safe augmentation presets.
 
-Presets (torchvision v2), all at the checkpoint's own resolution and normalisation:
+`resolve_preprocessing` reads input size, normalisation and interpolation from the checkpoint's image processor
+(never hard-coded). `attach_transforms` sets on-the-fly transforms on the splits: augmentation on train, the saved
+processor itself on validation / test (so their numbers are what `pipeline("image-classification")` will see after
+export), each image decoded once (`images.DecodeCache`). `collate` stacks examples into a batch.
+
+Augmentation presets (torchvision v2), all at the checkpoint's own resolution and normalisation:
     none    resize only
     light   random resized crop (35-100% of the area) + horizontal flip
     medium  random resized crop (25-100%) + flip + colour jitter + TrivialAugmentWide
     strong  random resized crop (8-100%) + flip + colour jitter + RandAugment(2 ops, magnitude 9) + random erasing
 
 Every operation keeps the label valid for classification (no crops so small they routinely lose the object at the
-"light" level; flips only horizontal). `BatchMixer` applies torchvision's `MixUp` or `CutMix` (one of them per
-batch, at random) to a collated batch and returns soft targets; `FinetuneTrainer.compute_loss` uses it.
+"light" level; flips only horizontal). Batch-level mixup / CutMix is `mixing.BatchMixer`.
 """
 
 from __future__ import annotations
@@ -84,14 +88,12 @@ class ToNormalizedTensor:
 
 
 def build_train_transform(preprocessing: Preprocessing, augmentation: str) -> Callable[[Image.Image], torch.Tensor]:
-    """Label-safe training augmentation (a preset of `augment.py`) at the checkpoint's resolution and normalisation.
+    """Label-safe training augmentation (a preset of `augmentation_ops`) at the checkpoint's resolution and normalisation.
 
     Image operations run on PIL images (several times faster than on tensors on CPU), then one conversion to a
     normalised tensor, then the preset's tensor operations (random erasing).
     """
     from torchvision.transforms import InterpolationMode, v2
-
-    pass
 
     interpolation = InterpolationMode(preprocessing.interpolation)
     on_image, on_tensor = augmentation_ops(preprocessing.size, interpolation, augmentation)

@@ -1,4 +1,12 @@
-"""TODO docstring."""
+"""The statistics of stratified k-fold (`--kfold K`): the folds, and the confidence interval of their results.
+
+`kfold_splits` makes the folds over train + validation pooled (scikit-learn `StratifiedKFold`, shuffled with
+`--seed`): in fold i, fold i is the validation split and the other K-1 folds are the training split, while the test
+split stays held out and identical in every fold. `t_interval` gives the mean and the two-sided Student-t interval
+(K-1 degrees of freedom) of a metric over the folds, so it describes how much the result depends on which images
+trained and selected the model, not the sampling noise of the test split. Running the folds is
+`pipeline.kfold`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,6 @@ import numpy as np
 from hf_finetune.data.splits import DataSplits
 
 logger = logging.getLogger(__name__)
-
 
 CONFIDENCE = 0.95
 

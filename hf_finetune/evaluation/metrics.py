@@ -18,7 +18,6 @@ from hf_finetune.config.files import CONFUSION_MATRIX_FILE, TEST_REPORT_FILE
 
 logger = logging.getLogger(__name__)
 
-
 # Wall-clock fields of a report: everything else is a function of the data, the code and --seed.
 TIMING_FIELDS = frozenset({"seconds", "feature_seconds"})
 

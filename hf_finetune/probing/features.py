@@ -1,27 +1,19 @@
-"""Frozen backbone features, computed once and cached on disk.
+"""Frozen backbone features of every image of a run's splits, computed in one forward pass and cached on disk.
 
 The features of an image are the input of the classification head's final linear layer (the pooled
 representation), captured with a forward pre-hook, so every backbone family works the same way. They feed the
 linear-probe baseline, the recipe advisor's domain-similarity measurement and the `linear_probe` strategy, which
-together then cost one forward pass over the data.
-
-Cache layout: `<cache_dir>/<model key>/shard-<hash>.npz`, each shard holding `keys` (one content hash per image)
-and `features`. The model key hashes the checkpoint (local weight files' names, sizes and modification times, or
-the Hub id and revision), the image processor's settings and the hooked module; the image key hashes the encoded
-image bytes. A changed checkpoint or preprocessing therefore misses the cache, while another split, seed or fold
-of the same images reuses it. Shards are written atomically and never rewritten, so parallel runs can share a cache.
+together then cost one forward pass over the data; with `stages=True` the same pass also captures every backbone
+stage's pooled output for the stage probe. Only images the cache (`feature_cache.FeatureCache`) does not hold go
+through the backbone, and the pass's throughput is recorded for the advisor's cost estimate.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,31 +23,13 @@ from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import TRUNCATION_FIELD
 from hf_finetune.backbones.taps import FeatureTaps, extract_features
 from hf_finetune.data.splits import DataSplits
+from hf_finetune.probing.feature_cache import FeatureCache, default_feature_cache_dir, image_keys, model_cache_key
 
 logger = logging.getLogger(__name__)
 
-
-# Bump when the meaning of a cached vector changes (hook point, dtype, preprocessing path).
-FEATURE_CACHE_VERSION = 1
-
-
 SPLIT_NAMES = ("train", "validation", "test")
-
-
-THROUGHPUT_FILE = "throughput.json"
-
-
 # A feature pass over fewer images is too short to time reliably (first-call allocations dominate).
 MIN_TIMED_IMAGES = 64
-
-
-def default_feature_cache_dir() -> str:
-    """`$HF_FINETUNE_FEATURE_CACHE`, else `$XDG_CACHE_HOME/hf_finetune/features`, else `~/.cache/hf_finetune/features`."""
-    explicit = os.environ.get("HF_FINETUNE_FEATURE_CACHE")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "hf_finetune", "features")
 
 
 @dataclass
@@ -121,105 +95,6 @@ class SplitFeatures:
         }
 
 
-def _sha1(payload: Any) -> str:
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def checkpoint_fingerprint(model_name_or_path: str, revision: str | None = None) -> dict[str, Any]:
-    """What identifies a checkpoint's weights: local files' names, sizes and mtimes, or the Hub id and revision."""
-    path = Path(os.path.expanduser(model_name_or_path))
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".pth"))
-        return {
-            "path": str(path.resolve()),
-            "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
-        }
-    return {"hub_id": model_name_or_path, "revision": revision or "main"}
-
-
-def model_cache_key(model_name_or_path: str, revision: str | None, processor: Any, hooked: list[str]) -> str:
-    """Cache key of (checkpoint, preprocessing, hook point)."""
-    to_dict = getattr(processor, "to_dict", None)
-    preprocessing = to_dict() if callable(to_dict) else repr(processor)
-    payload = {
-        "version": FEATURE_CACHE_VERSION,
-        "checkpoint": checkpoint_fingerprint(model_name_or_path, revision),
-        "preprocessing": preprocessing,
-        "processor_class": type(processor).__name__,
-        "hooked": hooked,
-    }
-    return _sha1(payload)[:20]
-
-
-def image_keys(split: Any) -> list[str]:
-    """One content hash per image of a `datasets.Dataset` split (the encoded bytes, or the file's bytes)."""
-    import datasets
-
-    raw = split.cast_column("image", datasets.Image(decode=False))
-    raw.reset_format()
-    keys = []
-    for item in raw["image"]:
-        data = item.get("bytes")
-        if data is None:
-            with open(item["path"], "rb") as f:
-                data = f.read()
-        keys.append(hashlib.sha1(data).hexdigest())
-    return keys
-
-
-class FeatureCache:
-    """Feature vectors by image key for one model key, stored as immutable `.npz` shards.
-
-    Args:
-        cache_dir (`str`): the root cache directory.
-        model_key (`str`): the model cache key (see `model_cache_key`).
-    """
-
-    def __init__(self, cache_dir: str, model_key: str) -> None:
-        self.directory = Path(os.path.expanduser(cache_dir)) / model_key
-        self._vectors: dict[str, np.ndarray] | None = None
-
-    def load(self) -> dict[str, np.ndarray]:
-        if self._vectors is None:
-            self._vectors = {}
-            for shard in sorted(self.directory.glob("shard-*.npz")) if self.directory.is_dir() else []:
-                try:
-                    with np.load(shard) as data:
-                        self._vectors.update(zip(data["keys"].tolist(), data["features"]))
-                except (OSError, ValueError, KeyError) as err:  # a truncated shard only costs a recomputation
-                    logger.warning("Ignoring unreadable feature cache shard %s (%s)", shard, err)
-        return self._vectors
-
-    def save_throughput(self, images_per_second: float, batch_size: int) -> None:
-        """Records the throughput of a feature pass of at least `MIN_TIMED_IMAGES` images on this machine."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        payload = {"images_per_second": images_per_second, "batch_size": batch_size, "host": platform.node(), "cpus": os.cpu_count()}
-        tmp = self.directory / f".tmp-{os.getpid()}-throughput.json"
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, self.directory / THROUGHPUT_FILE)
-
-    def load_throughput(self) -> float | None:
-        """The recorded throughput, if it was measured on this machine."""
-        path = self.directory / THROUGHPUT_FILE
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        same_machine = payload.get("host") == platform.node() and payload.get("cpus") == os.cpu_count()
-        return float(payload["images_per_second"]) if same_machine else None
-
-    def add(self, keys: list[str], features: np.ndarray) -> None:
-        if not keys:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
-        path = self.directory / f"shard-{name}.npz"
-        tmp = self.directory / f".tmp-{os.getpid()}-{name}.npz"
-        np.savez(tmp, keys=np.asarray(keys), features=features.astype(np.float32))
-        os.replace(tmp, path)
-        self.load().update(zip(keys, features))
-
-
 def compute_split_features(
     model: torch.nn.Module,
     processor: Any,
@@ -251,72 +126,28 @@ def compute_split_features(
     """
     start = time.perf_counter()
     taps = FeatureTaps(model, split_stages(model), stages=stages)
-    # A truncated model's head reads another stage than the full model of the same checkpoint.
-    truncation = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
-    suffix = [f"truncated:{json.dumps({k: truncation[k] for k in ('after', 'keep', 'identity', 'linear')}, sort_keys=True)}"] if truncation else []
-    model_keys = {
-        name: model_cache_key(model_name_or_path, revision, processor, taps.hook_points(name) + suffix) for name in taps.names
-    }
+    model_keys = _tap_cache_keys(model, processor, taps, model_name_or_path, revision)
     root = cache_dir or default_feature_cache_dir()
     caches = {name: FeatureCache(root, key) for name, key in model_keys.items()} if use_cache else {}
     stored = {name: caches[name].load() if caches else {} for name in taps.names}
-
     keys_by_split = {name: image_keys(getattr(splits, name)) for name in SPLIT_NAMES}
-    where: dict[str, tuple[str, int]] = {}  # image key -> (split, row) of one image that needs a forward pass
-    for name in SPLIT_NAMES:
-        for row, key in enumerate(keys_by_split[name]):
-            if key not in where and any(key not in vectors for vectors in stored.values()):
-                where[key] = (name, row)
-    computed: dict[str, dict[str, np.ndarray]] = {name: {} for name in taps.names}
-    throughput = None
-    if where:
-        todo = list(where)
-        rows_by_split: dict[str, list[int]] = {}
-        for key in todo:
-            rows_by_split.setdefault(where[key][0], []).append(where[key][1])
-        chunks: list[dict[str, np.ndarray]] = []
-        forward_start = time.perf_counter()
-        for name, rows in rows_by_split.items():
-            view = getattr(splits, name).with_format(None)
-            for offset in range(0, len(rows), 256):  # decode in chunks to bound memory
-                images = view.select(rows[offset : offset + 256])["image"]
-                chunks.append(taps.extract(processor, images, batch_size=batch_size))
-        elapsed = time.perf_counter() - forward_start
-        throughput = len(todo) / elapsed if elapsed > 0 else None
-        ordered = [key for name, rows in rows_by_split.items() for key in (keys_by_split[name][r] for r in rows)]
-        head_cache = caches.get(FeatureTaps.HEAD)
-        for name in taps.names:
-            matrix = np.concatenate([chunk[name] for chunk in chunks])
-            computed[name] = dict(zip(ordered, matrix))
-            if caches:
-                caches[name].add(ordered, matrix)
-        if head_cache and len(todo) >= MIN_TIMED_IMAGES and throughput:
-            head_cache.save_throughput(throughput, batch_size)
-        logger.info("Feature pass: %d images through the backbone at %.1f images/s", len(ordered), throughput or 0.0)
-        if len(todo) < MIN_TIMED_IMAGES:
-            throughput = None
+    computed, throughput = _forward_uncached(taps, processor, splits, keys_by_split, stored, caches, batch_size)
     if throughput is None and caches:
         throughput = caches[FeatureTaps.HEAD].load_throughput()  # measured by an earlier feature pass on this machine
 
-    def feature_set(name: str, split: str) -> FeatureSet:
-        found, kept = computed[name], stored[name]
-        lookup = [found[k] if k in found else kept[k] for k in keys_by_split[split]]
-        matrix = np.stack(lookup).astype(np.float32) if lookup else np.zeros((0, 0), dtype=np.float32)
-        labels = getattr(splits, split).with_format(None)["label"]
-        return FeatureSet(features=matrix, labels=np.asarray(labels, dtype=np.int64))
+    def feature_sets(name: str) -> list[FeatureSet]:
+        return [_feature_set(getattr(splits, s), keys_by_split[s], computed[name], stored[name]) for s in SPLIT_NAMES]
 
     head = FeatureTaps.HEAD
     result = SplitFeatures(
-        train=feature_set(head, "train"),
-        validation=feature_set(head, "validation"),
-        test=feature_set(head, "test"),
+        *feature_sets(head),
         model_key=model_keys[head],
         seconds=time.perf_counter() - start,
         computed=len(computed[head]),
         images_per_second=throughput,
         stage_splits={
             stage.name: SplitFeatures(
-                *(feature_set(stage.name, split) for split in SPLIT_NAMES),
+                *feature_sets(stage.name),
                 model_key=model_keys[stage.name],
                 seconds=0.0,
                 computed=len(computed[stage.name]),
@@ -332,6 +163,67 @@ def compute_split_features(
         caches[head].directory if caches else "(no cache)", result.seconds,
     )
     return result
+
+
+def _tap_cache_keys(
+    model: torch.nn.Module, processor: Any, taps: FeatureTaps, model_name_or_path: str, revision: str | None
+) -> dict[str, str]:
+    """The cache key of every tap's vectors (`model_cache_key`), by tap name."""
+    # A truncated model's head reads another stage than the full model of the same checkpoint.
+    truncation = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
+    suffix = [f"truncated:{json.dumps({k: truncation[k] for k in ('after', 'keep', 'identity', 'linear')}, sort_keys=True)}"] if truncation else []
+    return {
+        name: model_cache_key(model_name_or_path, revision, processor, taps.hook_points(name) + suffix) for name in taps.names
+    }
+
+
+def _forward_uncached(
+    taps: FeatureTaps, processor: Any, splits: DataSplits, keys_by_split: dict[str, list[str]],
+    stored: dict[str, dict[str, np.ndarray]], caches: dict[str, FeatureCache], batch_size: int,
+) -> tuple[dict[str, dict[str, np.ndarray]], float | None]:
+    """Runs every image some tap has no cached vector for through the backbone (once, however many splits hold it),
+    caching the new vectors. Returns (new vectors by tap name and image key, images/s of the pass or `None` when it
+    timed fewer than `MIN_TIMED_IMAGES` images)."""
+    where: dict[str, tuple[str, int]] = {}  # image key -> (split, row) of one image that needs a forward pass
+    for name in SPLIT_NAMES:
+        for row, key in enumerate(keys_by_split[name]):
+            if key not in where and any(key not in vectors for vectors in stored.values()):
+                where[key] = (name, row)
+    computed: dict[str, dict[str, np.ndarray]] = {name: {} for name in taps.names}
+    if not where:
+        return computed, None
+    todo = list(where)
+    rows_by_split: dict[str, list[int]] = {}
+    for key in todo:
+        rows_by_split.setdefault(where[key][0], []).append(where[key][1])
+    chunks: list[dict[str, np.ndarray]] = []
+    forward_start = time.perf_counter()
+    for name, rows in rows_by_split.items():
+        view = getattr(splits, name).with_format(None)
+        for offset in range(0, len(rows), 256):  # decode in chunks to bound memory
+            images = view.select(rows[offset : offset + 256])["image"]
+            chunks.append(taps.extract(processor, images, batch_size=batch_size))
+    elapsed = time.perf_counter() - forward_start
+    throughput = len(todo) / elapsed if elapsed > 0 else None
+    ordered = [key for name, rows in rows_by_split.items() for key in (keys_by_split[name][r] for r in rows)]
+    head_cache = caches.get(FeatureTaps.HEAD)
+    for name in taps.names:
+        matrix = np.concatenate([chunk[name] for chunk in chunks])
+        computed[name] = dict(zip(ordered, matrix))
+        if caches:
+            caches[name].add(ordered, matrix)
+    if head_cache and len(todo) >= MIN_TIMED_IMAGES and throughput:
+        head_cache.save_throughput(throughput, batch_size)
+    logger.info("Feature pass: %d images through the backbone at %.1f images/s", len(ordered), throughput or 0.0)
+    return computed, throughput if len(todo) >= MIN_TIMED_IMAGES else None
+
+
+def _feature_set(split: Any, keys: list[str], found: dict[str, np.ndarray], kept: dict[str, np.ndarray]) -> FeatureSet:
+    """One split's vectors in row order, from this pass (`found`) or the cache (`kept`), with its labels."""
+    lookup = [found[k] if k in found else kept[k] for k in keys]
+    matrix = np.stack(lookup).astype(np.float32) if lookup else np.zeros((0, 0), dtype=np.float32)
+    labels = split.with_format(None)["label"]
+    return FeatureSet(features=matrix, labels=np.asarray(labels, dtype=np.int64))
 
 
 def head_features_from_stage(

@@ -5,6 +5,8 @@ train features, picking the inverse regularisation strength `C` on the validatio
 ordinary linear map (standardisation folded in), so it can be written into the model's own head
 (`write_probe_into_head`): the `linear_probe` strategy then saves and reloads as a normal classifier, and
 `head_then_unfreeze` / `top_k` / `full` can start from a fitted head instead of a random one (LP-FT).
+`baseline_report` scores the probe like a fine-tuned model (the baseline every run is compared with); the stage probe
+reuses the `C` search (`search_c`, `best_c`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from hf_finetune.evaluation.metrics import classification_report
 from hf_finetune.probing.features import FeatureSet, SplitFeatures
 
 logger = logging.getLogger(__name__)
-
 
 # Inverse L2 strengths tried on the validation split: from heavily regularised to nearly unregularised.
 PROBE_C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)

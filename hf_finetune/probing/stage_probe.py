@@ -1,8 +1,9 @@
 """The stage-wise probe: how well the frozen features of every backbone stage separate the classes.
 
-One forward pass over the data (`features.FeatureTaps`, each stage cached under its own key) gives the pooled
-output of every stage the backbone adapter knows (`split_stages(...).backbone`: embeddings, blocks.i, norm). A
-linear probe, the baseline's logistic regression (`baseline.search_c`), is scored on each stage's train
+One forward pass over the data (`features.compute_split_features(..., stages=True)`, through
+`backbones.taps.FeatureTaps`, each stage cached under its own key) gives the pooled output of every stage the backbone
+adapter knows (`split_stages(...).backbone`: embeddings, blocks.i, norm). A linear probe, the baseline's logistic
+regression (`linear_probe.search_c`), is scored on each stage's train
 features under stratified k-fold cross-validation (train split only: validation and test are never looked at), with
 the regularisation `C` chosen per stage by its mean CV macro-F1. The curve says where the pretrained features stop
 helping: on data far from the pretraining domain, a middle stage can beat the top one (the case for truncation,
@@ -24,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from hf_finetune.config.files import STAGE_PROBE_FILE, STAGE_PROBE_PLOT
+from hf_finetune.evaluation.plots import plot_stage_probe
 from hf_finetune.probing.features import FeatureSet
 from hf_finetune.probing.linear_probe import PROBE_C_GRID, best_c, search_c
 
 logger = logging.getLogger(__name__)
-
 
 PROBE_FOLDS = 5
 
@@ -162,8 +163,6 @@ def probe_stages(
 
 def write_stage_probe(probe: StageProbe, output_dir: str, extra: dict[str, Any] | None = None) -> tuple[str, str]:
     """Writes `stage_probe.json` and `stage_probe.png` into `output_dir`; returns their paths."""
-    from hf_finetune.evaluation.plots import plot_stage_probe
-
     os.makedirs(output_dir, exist_ok=True)
     payload = {**(extra or {}), **probe.to_dict()}
     json_path = os.path.join(output_dir, STAGE_PROBE_FILE)

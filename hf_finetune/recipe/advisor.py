@@ -1,15 +1,7 @@
-"""The recipe advisor: measure the data, then pick the fine-tuning recipe, with one reason per choice.
+"""The recipe advisor: pick the fine-tuning recipe from the data's measurements, with one reason per choice.
 
-Measurements (`measure_dataset`), all on the train split (validation and test are never used for a decision):
-    size           images, classes, images per class (median, min), imbalance ratio (largest / smallest class)
-    similarity     how well the frozen, pretrained features already separate the classes: balanced accuracy of a
-                   cosine k-NN classifier under stratified k-fold cross-validation on the cached train features,
-                   as lift over chance, `(bacc - 1/K) / (1 - 1/K)` (0 = chance, 1 = perfect); plus the share of
-                   grayscale images (X-ray, microscopy, sonar: modalities natural-image pretraining rarely sees)
-    cost           forward throughput measured during the feature pass, to estimate an epoch's duration
-
-Decision (`plan_recipe`, a pure function of the measurements, the four cases of the transfer-learning heuristics in
-`seeds/002`):
+`plan_recipe` is a pure function of the measurements (`measure.DatasetMeasurements`: size, similarity to the
+pretraining domain, cost), the four cases of the transfer-learning heuristics in `seeds/002`:
     small + similar     -> linear_probe on cached features (the pretrained features already fit; training more
                            layers on little data mostly overfits)
     large + similar     -> top_k: freeze the early layers, train the top third of the stages
@@ -17,9 +9,10 @@ Decision (`plan_recipe`, a pure function of the measurements, the four cases of 
                            crops and flips, dropout and drop-path
     large + different   -> full fine-tune (with mild layer-wise decay)
 "small" = fewer than `LARGE_IMAGES_PER_CLASS` images per class (median); "similar" = k-NN lift at least
-`SIMILAR_LIFT` and mostly colour images. Layer decay, head initialisation, unfreeze schedule, augmentation,
-mixup, dropout, drop-path, label smoothing, class balancing and the number of epochs (fitted to `--time-budget`)
-follow. A flag the user gave explicitly is never changed: it is recorded as such (`source: "flag"`).
+`SIMILAR_LIFT` and mostly colour images. The depth (truncation at the stage probe's best block), layer decay, head
+initialisation, learning rates, unfreeze schedule, augmentation, mixup, dropout, drop-path, label smoothing, class
+balancing and the number of epochs (fitted to `--time-budget`) follow. A flag the user gave explicitly is never
+changed: it is recorded as such (`source: "flag"`). The plan is a new object; the arguments are never written.
 """
 
 from __future__ import annotations
@@ -30,32 +23,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hf_finetune.config.choices import AUTO, FALLBACKS
+from hf_finetune.probing.stage_probe import StageProbe, paired_difference
 from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, SIMILAR_LIFT, DatasetMeasurements
 from hf_finetune.training.regularization import IMBALANCE_RATIO_THRESHOLD, NOISY_LABEL_SMOOTHING
 
 logger = logging.getLogger(__name__)
 
-
-
-
-# Cost model of one training epoch, in feature-pass images: 1 forward + BACKWARD_COST per backward through the
-# trainable share of the backbone. Calibrated on CPU (efficientnet_lite0, pneumoniamnist): a full fine-tuning
-# epoch ran at ~0.7x the feature pass's images/s (which includes decoding and the processor's resize).
-BACKWARD_COST = 1.0
-
-
 # Fewer fine-tuning epochs than this fit the budget -> the linear probe (a one-epoch fine-tune of a
 # probe-initialised model lowered validation macro-F1 below the probe's on pneumoniamnist).
 MIN_FINETUNE_EPOCHS = 2
-
-
 # Share of the time budget planned for epochs (the rest absorbs checkpointing and estimation error).
 BUDGET_SAFETY = 0.85
-
-
 MAX_EPOCHS = {"small": 20, "large": 12}
-
-
 # The argument fields the advisor decides (left at None / "auto" by the user), in FinetuneArguments, DataArguments
 # or the training arguments.
 ADVISOR_FIELDS = (
@@ -63,24 +42,15 @@ ADVISOR_FIELDS = (
     "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
     "truncate_after", "learning_rate", "head_lr_multiplier",
 )
-
-
 # Truncation (`truncate_after`) is proposed for small data when the stage probe's best block beats the top stage by
 # more than TRUNCATION_NOISE_SE standard errors of the fold-paired difference (every stage is scored on the same CV
 # folds) and by at least MIN_TRUNCATION_GAIN macro-F1: a smaller gain is not worth the lost capacity.
 TRUNCATION_NOISE_SE = 2.0
-
-
 MIN_TRUNCATION_GAIN = 0.01
-
-
 # The top stage's LR of a fine-tune of small data from the probe head (LP-FT), and the head's too (multiplier 1).
 LP_FT_SMALL_LEARNING_RATE = 1e-4
-
-
 # Values of the depth fields that are not a stage (see FinetuneArguments.truncate_after).
 UNDECIDED_VALUES = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
-
 
 # Advisor fields that only one strategy reads: left undecided under another strategy, they need no advisor.
 USED_ONLY_BY = {"top_k": "top_k", "stages_per_unfreeze": "head_then_unfreeze", "head_epochs": "head_then_unfreeze"}
@@ -153,10 +123,8 @@ _CASES: dict[tuple[str, str], dict[str, Any]] = {
     ("large", "different"): dict(strategy="full", layer_decay=0.8, augmentation="medium", mixup="auto", head_dropout=0.1, drop_path_rate=0.05),
 }
 
-
 # When the user makes small + similar data train anyway (e.g. `--strategy full`): moderate regularisation.
 _TRAINED_SMALL_SIMILAR = dict(layer_decay=0.7, augmentation="medium", mixup="auto", head_dropout=0.1, drop_path_rate=0.05)
-
 
 # Per (case, value): why. Few images far from the pretraining data fine-tune from the probe head (LP-FT): heavy
 # augmentation or mixup from the start moves the inputs away from the features that head was fitted on (measured on
@@ -168,13 +136,10 @@ _AUGMENTATION_REASONS = {
     "must not move its inputs far from the features the head was fitted on",
     "medium": "add colour jitter and TrivialAugment: unfamiliar data, or little of it",
 }
-
-
 _MIXUP_REASONS = {
     "off": "no training epochs",
     "auto": "switched on by the gap monitor if train macro-F1 runs ahead of validation",
 }
-
 
 _STRATEGY_REASONS = {
     "linear_probe": "small data close to the pretraining domain: the frozen features already separate the classes; "
@@ -190,8 +155,6 @@ def propose_truncation(m: DatasetMeasurements) -> tuple[str, str]:
     """(`truncate_after` value, reason): the best block of the stage probe when it clearly beats the top stage on
     small data, else `"none"`. The rule: best - top (mean CV macro-F1) > TRUNCATION_NOISE_SE x the standard error of
     the fold-paired difference, and >= MIN_TRUNCATION_GAIN."""
-    from hf_finetune.probing.stage_probe import StageProbe, paired_difference
-
     if not m.stage_probe:
         return "none", "full depth: no stage probe ran (it runs with --strategy auto or --truncate-after auto, given 2+ train images per class)"
     probe = StageProbe.from_dict(m.stage_probe)
@@ -224,13 +187,20 @@ def _trainable_share(strategy: str, top_k: int, units: int) -> float:
     return {"linear_probe": 0.0, "top_k": min(1.0, top_k / units), "head_then_unfreeze": 0.75, "full": 1.0}[strategy]
 
 
-def _epoch_cost(m: DatasetMeasurements, trainable_share: float) -> float | None:
-    """Estimated seconds of one epoch (training + validation) when `trainable_share` of the backbone trains."""
-    if not m.forward_images_per_second:
-        return None
-    per_image = 1.0 / m.forward_images_per_second
-    train = m.num_train * per_image * (1.0 + BACKWARD_COST * trainable_share)
-    return train + m.num_validation * per_image
+@dataclass
+class _Decisions:
+    """The plan being made, and the fields the user set: `choose` records one `Choice` per field."""
+
+    plan: RecipePlan
+    fixed: dict[str, Any]
+
+    def choose(self, name: str, value: Any, reason: str) -> Any:
+        """Records `value` and `reason` for `name`, or the user's value when the flag was given; returns the value."""
+        if name in self.fixed:
+            self.plan.choices[name] = Choice(self.fixed[name], f"given by --{name.replace('_', '-')}", "flag")
+        else:
+            self.plan.choices[name] = Choice(value, reason)
+        return self.plan.choices[name].value
 
 
 def plan_recipe(
@@ -250,38 +220,54 @@ def plan_recipe(
             other choices are made around them (e.g. epochs are costed for a user-chosen strategy).
 
     Returns:
-        `RecipePlan` with a `Choice` for: strategy, layer_decay, head_init, head_epochs, stages_per_unfreeze, top_k,
-        augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance, fix_bn_stats,
-        num_train_epochs (the names in `ADVISOR_FIELDS`).
+        `RecipePlan` with a `Choice` for every name in `ADVISOR_FIELDS`, in this order: truncate_after, strategy,
+        layer_decay, head_init, learning_rate, head_lr_multiplier, fix_bn_stats, head_epochs, top_k, num_train_epochs,
+        stages_per_unfreeze, augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance.
     """
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None and v not in UNDECIDED_VALUES.get(k, ())}
-    case = (m.size, m.domain)
-    defaults = _CASES[case]
-    plan = RecipePlan(measurements=m, case=f"{m.size} + {m.domain}")
+    decisions = _Decisions(RecipePlan(measurements=m, case=f"{m.size} + {m.domain}"), fixed)
+    units = _choose_depth(decisions, m)
+    default_top_k = max(1, math.ceil(units / 3))
+    strategy = _choose_strategy(decisions, m, units, default_top_k, time_budget_minutes)
+    trains_backbone = strategy != "linear_probe"
+    defaults = _CASES[(m.size, m.domain)]
+    if trains_backbone and defaults["strategy"] == "linear_probe":
+        defaults = {**defaults, **_TRAINED_SMALL_SIMILAR}
+    _choose_start_and_step_size(decisions, m, defaults, trains_backbone)
+    _choose_epochs_and_unfreezing(decisions, m, strategy, units, default_top_k, time_budget_minutes)
+    _choose_regularisers(decisions, m, defaults, trains_backbone, noisy_labels)
+    # A field only another strategy reads is still recorded (the plan lists every field), marked as unused.
+    for name, used_by in USED_ONLY_BY.items():
+        choice = decisions.plan.choices[name]
+        if strategy != used_by and choice.source == "advisor":
+            choice.reason = f"unused by {strategy} ({choice.reason})"
+    return decisions.plan
+
+
+def _choose_depth(decisions: _Decisions, m: DatasetMeasurements) -> int:
+    """Chooses `truncate_after` (`propose_truncation`); returns the backbone's unfreeze units at that depth."""
+    cut = decisions.choose("truncate_after", *propose_truncation(m))
+    units = max(1, m.backbone_units)
+    if decisions.plan.choices["truncate_after"].source == "advisor" and cut != "none":
+        # The advisor's cut removes stages after the measurement: the unfreeze units are the kept stages.
+        units = 1 + next(s["index"] for s in m.stage_probe["stages"] if s["name"] == cut)
+    return units
+
+
+def _choose_strategy(
+    decisions: _Decisions, m: DatasetMeasurements, units: int, default_top_k: int, time_budget_minutes: float | None
+) -> str:
+    """The case's strategy (`_CASES`), or the linear probe when too few epochs of its fine-tune fit the budget."""
+    proposed = _CASES[(m.size, m.domain)]["strategy"]
     lift = "n/a (too few images per class for cross-validation)" if m.knn_lift is None else f"{m.knn_lift:.2f}"
     domain_why = (
         f"k-NN on frozen features: lift over chance {lift} (similar from {SIMILAR_LIFT}), "
         f"{m.grayscale_fraction:.0%} grayscale images"
     )
     size_why = f"{m.images_per_class:.0f} images per class (large from {LARGE_IMAGES_PER_CLASS})"
-
-    def choose(name: str, value: Any, reason: str) -> Any:
-        if name in fixed:
-            plan.choices[name] = Choice(fixed[name], f"given by --{name.replace('_', '-')}", "flag")
-        else:
-            plan.choices[name] = Choice(value, reason)
-        return plan.choices[name].value
-
-    cut = choose("truncate_after", *propose_truncation(m))
-    units = max(1, m.backbone_units)
-    if plan.choices["truncate_after"].source == "advisor" and cut != "none":
-        # The advisor's cut removes stages after the measurement: the unfreeze units are the kept stages.
-        units = 1 + next(s["index"] for s in m.stage_probe["stages"] if s["name"] == cut)
-    default_top_k = max(1, math.ceil(units / 3))
-    proposed = defaults["strategy"]
     strategy_why = f"{_STRATEGY_REASONS[proposed]} [{size_why}; {domain_why}]"
-    if "strategy" not in fixed and proposed != "linear_probe" and time_budget_minutes:
-        cost = _epoch_cost(m, _trainable_share(proposed, fixed.get("top_k", default_top_k), units))
+    if "strategy" not in decisions.fixed and proposed != "linear_probe" and time_budget_minutes:
+        cost = m.epoch_seconds(_trainable_share(proposed, decisions.fixed.get("top_k", default_top_k), units))
         fits = time_budget_minutes * 60 * BUDGET_SAFETY / cost if cost else math.inf
         if fits < MIN_FINETUNE_EPOCHS:
             strategy_why = (
@@ -291,16 +277,19 @@ def plan_recipe(
                 f"(raise --time-budget to fine-tune) [{size_why}; {domain_why}]"
             )
             proposed = "linear_probe"
-    strategy = choose("strategy", proposed, strategy_why)
-    trains_backbone = strategy != "linear_probe"
-    if trains_backbone and defaults["strategy"] == "linear_probe":
-        defaults = {**defaults, **_TRAINED_SMALL_SIMILAR}
-    different = m.domain == "different"
+    return decisions.choose("strategy", proposed, strategy_why)
 
+
+def _choose_start_and_step_size(
+    decisions: _Decisions, m: DatasetMeasurements, defaults: dict[str, Any], trains_backbone: bool
+) -> None:
+    """Where training starts and how far it moves: layer decay, head initialisation, learning rates, BatchNorm
+    statistics and head-only epochs."""
+    choose = decisions.choose
     choose(
         "layer_decay",
         defaults["layer_decay"] if trains_backbone else FALLBACKS["layer_decay"],
-        ("milder decay: lower layers must move further for a different domain" if different
+        ("milder decay: lower layers must move further for a different domain" if m.domain == "different"
          else "strong decay: the early layers already fit, the top adapts most")
         if trains_backbone else "unused: the backbone stays frozen",
     )
@@ -343,11 +332,17 @@ def plan_recipe(
         else "one head-only epoch before unfreezing starts",
     )
 
-    # Epochs: fit the budget for the strategy's cost, capped by data size.
+
+def _choose_epochs_and_unfreezing(
+    decisions: _Decisions, m: DatasetMeasurements, strategy: str, units: int, default_top_k: int,
+    time_budget_minutes: float | None,
+) -> None:
+    """The epochs that fit the budget for the strategy's cost (capped by data size), and the unfreeze schedule."""
+    choose, plan = decisions.choose, decisions.plan
     top_k = choose("top_k", default_top_k, f"the top third of the {units} backbone stages")
-    plan.estimated_epoch_seconds = _epoch_cost(m, _trainable_share(strategy, top_k, units))
+    plan.estimated_epoch_seconds = m.epoch_seconds(_trainable_share(strategy, top_k, units))
     max_epochs = MAX_EPOCHS[m.size]
-    if not trains_backbone:
+    if strategy == "linear_probe":
         epochs, why = 0.0, "the linear probe is fitted on cached features, no training epochs"
     elif time_budget_minutes and plan.estimated_epoch_seconds:
         fit = int(time_budget_minutes * 60 * BUDGET_SAFETY // plan.estimated_epoch_seconds)
@@ -359,14 +354,21 @@ def plan_recipe(
     else:
         epochs, why = float(FALLBACKS["num_train_epochs"]), "no --time-budget: the standard 10 epochs (early stopping may end sooner)"
     epochs = choose("num_train_epochs", epochs, why)
-
     steps = max(1, int(epochs) // 2)
+    different = m.domain == "different"
     choose(
         "stages_per_unfreeze",
         max(1, math.ceil(units / steps)) if different else 1,
         f"unfreeze all {units} stages by mid-run so the early layers train too" if different
         else "one stage per epoch, top first",
     )
+
+
+def _choose_regularisers(
+    decisions: _Decisions, m: DatasetMeasurements, defaults: dict[str, Any], trains_backbone: bool, noisy_labels: bool
+) -> None:
+    """Augmentation, mixup, dropout, drop-path, label smoothing and class balancing."""
+    choose = decisions.choose
     augmentation = defaults["augmentation"] if trains_backbone else "none"
     choose("augmentation", augmentation, _AUGMENTATION_REASONS[augmentation])
     mixup = defaults["mixup"] if trains_backbone else "off"
@@ -383,10 +385,6 @@ def plan_recipe(
         "--noisy-labels: stronger smoothing limits memorising wrong labels" if noisy_labels
         else "mild smoothing curbs over-confidence on few images",
     )
-    for name, used_by in USED_ONLY_BY.items():
-        choice = plan.choices[name]
-        if strategy != used_by and choice.source == "advisor":
-            choice.reason = f"unused by {strategy} ({choice.reason})"
     ratio = m.imbalance_ratio
     choose(
         "class_balance",
@@ -394,4 +392,3 @@ def plan_recipe(
         f"largest/smallest class = {ratio:.1f} (threshold {IMBALANCE_RATIO_THRESHOLD:g}): "
         + ("weight the loss by inverse class frequency" if ratio >= IMBALANCE_RATIO_THRESHOLD else "balanced enough"),
     )
-    return plan

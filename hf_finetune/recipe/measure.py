@@ -1,4 +1,15 @@
-"""TODO docstring."""
+"""Measure the data the recipe advisor decides on: size, similarity to the pretraining domain, and cost.
+
+All measurements are made on the train split (validation and test are never used for a decision):
+    size           images, classes, images per class (median, min), imbalance ratio (largest / smallest class)
+    similarity     how well the frozen, pretrained features already separate the classes: balanced accuracy of a
+                   cosine k-NN classifier under stratified k-fold cross-validation on the cached train features,
+                   as lift over chance, `(bacc - 1/K) / (1 - 1/K)` (0 = chance, 1 = perfect); plus the share of
+                   grayscale images (X-ray, microscopy, sonar: modalities natural-image pretraining rarely sees)
+    cost           forward throughput measured during the feature pass, to estimate an epoch's duration
+`DatasetMeasurements` holds them and says which case they make ("small" / "large", "similar" / "different");
+`advisor.plan_recipe` turns them into a recipe.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +23,20 @@ from hf_finetune.training.regularization import class_counts, imbalance_ratio
 
 logger = logging.getLogger(__name__)
 
-
 # Median images per class from which a dataset counts as "large" for fine-tuning a pretrained backbone.
 LARGE_IMAGES_PER_CLASS = 500
-
-
-# Share of grayscale images from which the data counts as a different modality.
 # k-NN balanced-accuracy lift over chance from which frozen features count as "similar" to the pretraining domain.
 SIMILAR_LIFT = 0.85
+# Share of grayscale images from which the data counts as a different modality.
 GRAYSCALE_SHARE = 0.5
-
-
 KNN_NEIGHBOURS = 5
-
-
 CV_FOLDS = 5
-
-
 # Images sampled for the colour / resolution statistics.
 IMAGE_SAMPLE = 200
+# Cost model of one training epoch, in feature-pass images: 1 forward + BACKWARD_COST per backward through the
+# trainable share of the backbone. Calibrated on CPU (efficientnet_lite0, pneumoniamnist): a full fine-tuning
+# epoch ran at ~0.7x the feature pass's images/s (which includes decoding and the processor's resize).
+BACKWARD_COST = 1.0
 
 
 @dataclass
@@ -68,14 +74,17 @@ class DatasetMeasurements:
 
     @property
     def images_per_class(self) -> float:
+        """Median train images per class."""
         return float(np.median(self.class_counts))
 
     @property
     def imbalance_ratio(self) -> float:
+        """Largest / smallest class."""
         return imbalance_ratio(self.class_counts)
 
     @property
     def knn_lift(self) -> float | None:
+        """k-NN balanced accuracy as lift over chance, `(bacc - 1/K) / (1 - 1/K)`; None when it was not measured."""
         if self.knn_balanced_accuracy is None:
             return None
         chance = 1.0 / self.num_classes
@@ -83,10 +92,12 @@ class DatasetMeasurements:
 
     @property
     def size(self) -> str:
+        """`large` from `LARGE_IMAGES_PER_CLASS` median images per class, else `small`."""
         return "large" if self.images_per_class >= LARGE_IMAGES_PER_CLASS else "small"
 
     @property
     def domain(self) -> str:
+        """`similar` to the pretraining domain (colour images, k-NN lift from `SIMILAR_LIFT`), else `different`."""
         lift = self.knn_lift
         if self.grayscale_fraction >= GRAYSCALE_SHARE:
             return "different"
@@ -94,7 +105,16 @@ class DatasetMeasurements:
             return "similar"  # no evidence of a shift: colour images and too few per class to measure
         return "similar" if lift >= SIMILAR_LIFT else "different"
 
+    def epoch_seconds(self, trainable_share: float) -> float | None:
+        """Estimated seconds of one epoch (training + validation) when `trainable_share` of the backbone trains."""
+        if not self.forward_images_per_second:
+            return None
+        per_image = 1.0 / self.forward_images_per_second
+        train = self.num_train * per_image * (1.0 + BACKWARD_COST * trainable_share)
+        return train + self.num_validation * per_image
+
     def to_dict(self) -> dict[str, Any]:
+        """The measurements and what they make of the data, as `run_config.json` records them."""
         out = asdict(self)
         out.update(
             images_per_class_median=self.images_per_class,
