@@ -13,23 +13,9 @@ from PIL import Image
 from hf_finetune.recipe.advisor import ADVISOR_FIELDS, plan_recipe, undecided_fields
 from hf_finetune.recipe.measure import SIMILAR_LIFT
 
-from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, DatasetMeasurements, knn_cross_validated_accuracy
+from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, knn_cross_validated_accuracy
 from hf_finetune.cli.main import main
-
-
-def measured(per_class: int, knn_bacc: float, grayscale: float = 0.0, classes: int = 2, fps: float = 50.0) -> DatasetMeasurements:
-    return DatasetMeasurements(
-        num_train=per_class * classes,
-        num_validation=max(2, per_class * classes // 6),
-        num_classes=classes,
-        class_counts=[per_class] * classes,
-        knn_balanced_accuracy=knn_bacc,
-        grayscale_fraction=grayscale,
-        median_image_side=224,
-        model_input_side=224,
-        forward_images_per_second=fps,
-        backbone_units=8,
-    )
+from helpers import assert_mentions, measured, parse_time_error
 
 
 SMALL, LARGE = 100, 1200
@@ -203,23 +189,23 @@ def test_auto_run_end_to_end(kind, folder_kind, expected_case, expected_strategy
 
 
 @pytest.mark.parametrize(
-    "flags,message",
+    "flags,fragments",
     [
-        (["--strategy", "guess"], "`--strategy` must be one of ('auto', 'linear_probe'"),
-        (["--augmentation", "extreme"], "`--augmentation` must be one of ('none', 'light', 'medium', 'strong'), got 'extreme'"),
-        (["--mixup", "sometimes"], "`--mixup` must be one of ('off', 'on', 'auto'), got 'sometimes'"),
-        (["--class-balance", "oversample"], "`--class-balance` must be one of ('none', 'weighted_loss', 'sampler')"),
-        (["--optimizer", "adam"], "`--optimizer` must be one of ('adamw', 'radam', 'sgd', 'trainer'), got 'adam'"),
-        (["--lr-schedule", "step"], "`--lr-schedule` must be one of ('trainer', 'plateau', 'one_cycle', 'cyclic')"),
-        (["--time-budget", "-5"], "`--time-budget` must be a positive number of minutes, got -5.0"),
-        (["--head-dropout", "1.5"], "`--head-dropout` must lie in [0, 1), got 1.5"),
-        (["--kfold", "1"], "`--kfold` must be 0 (off) or at least 2 folds, got 1"),
-        (["--l2sp", "-1"], "`--l2sp` must be >= 0, got -1.0"),
+        # The flag, the bad value, and what is valid (the fix).
+        (["--strategy", "guess"], ("`--strategy`", "'guess'", "'auto', 'linear_probe'")),
+        (["--augmentation", "extreme"], ("`--augmentation`", "'extreme'", "'none', 'light', 'medium', 'strong'")),
+        (["--mixup", "sometimes"], ("`--mixup`", "'sometimes'", "'off', 'on', 'auto'")),
+        (["--class-balance", "oversample"], ("`--class-balance`", "'oversample'", "'none', 'weighted_loss', 'sampler'")),
+        (["--optimizer", "adam"], ("`--optimizer`", "'adam'", "'adamw', 'radam', 'sgd', 'trainer'")),
+        (["--lr-schedule", "step"], ("`--lr-schedule`", "'step'", "'trainer', 'plateau', 'one_cycle', 'cyclic'")),
+        (["--time-budget", "-5"], ("`--time-budget`", "-5.0", "positive number of minutes")),
+        (["--head-dropout", "1.5"], ("`--head-dropout`", "1.5", "[0, 1)")),
+        (["--kfold", "1"], ("`--kfold`", "got 1", "0 (off)", "at least 2")),
+        (["--l2sp", "-1"], ("`--l2sp`", "-1.0", ">= 0")),
     ],
 )
-def test_recipe_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path):
-    assert main(["--model", "x", "--dataset", "y", "--output-dir", str(tmp_path / "o"), *flags]) == 2
-    assert message in capsys.readouterr().err
+def test_recipe_flags_are_checked_at_parse_time(flags, fragments, capsys, tmp_path):
+    assert_mentions(parse_time_error(flags, tmp_path, capsys), *fragments)
 
 
 def test_help_says_which_choices_the_advisor_makes():
@@ -236,6 +222,7 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     from hf_finetune.cli.main import parse_args
     from hf_finetune.data.splits import load_splits
     from hf_finetune.recipe.prepare import load_model, prepare_recipe
+    from hf_finetune.recipe.resolve import RunArguments
 
     folder = _gray_folder(tmp_path / "gray")
     argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(tmp_path / "out"),
@@ -243,7 +230,9 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     model_args, data_args, finetune_args, training_args, _ = parse_args(argv)
     splits = load_splits(data_args, seed=training_args.seed)
     model, processor = load_model(model_args, splits, None, training_args.seed)
-    first = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args).record["recipe"]
+    requested = RunArguments(model_args, data_args, finetune_args, training_args)
+    first = prepare_recipe(model, processor, splits, requested).record["recipe"]
+    assert finetune_args.strategy == "auto" and training_args.num_train_epochs is None  # decisions are not written back
     # What the first attempt decided differs from what a re-measurement would give (e.g. a slower machine now).
     first["choices"]["num_train_epochs"]["value"] = 2.0
     first["choices"]["strategy"]["value"] = "full"
@@ -251,16 +240,17 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
 
     model_args, data_args, finetune_args, training_args, _ = parse_args(argv)
     model, processor = load_model(model_args, splits, None, training_args.seed)
-    resumed = prepare_recipe(model, processor, splits, model_args, data_args, finetune_args, training_args, first)
-    assert finetune_args.strategy == "full" and training_args.num_train_epochs == 2.0
-    assert data_args.augmentation == "none"  # the flag, not a recorded choice
+    resumed = prepare_recipe(model, processor, splits, RunArguments(model_args, data_args, finetune_args, training_args), first)
+    decided = resumed.arguments
+    assert decided.finetune.strategy == "full" and decided.training.num_train_epochs == 2.0
+    assert decided.data.augmentation == "none"  # the flag, not a recorded choice
     assert "augmentation" not in resumed.record["recipe"]["reused_on_resume"]
     assert {"strategy", "num_train_epochs", "layer_decay"} <= set(resumed.record["recipe"]["reused_on_resume"])
     assert resumed.record["recipe"]["choices"]["strategy"]["value"] == "full"
     # The recorded cut is made again, so the model matches the checkpoints the resume continues from.
     from hf_finetune.backbones.truncation import truncation_of
 
-    assert finetune_args.truncate_after == "blocks.0" and truncation_of(resumed.model)["after"] == "blocks.0"
+    assert decided.finetune.truncate_after == "blocks.0" and truncation_of(resumed.model)["after"] == "blocks.0"
 
 
 def test_probe_wins_only_for_an_advisor_strategy_with_a_better_validation_score():

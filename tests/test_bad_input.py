@@ -13,6 +13,7 @@ from PIL import Image
 
 from bad_files import BROKEN_KINDS, MODES, write_broken_file, write_mode_image
 from conftest import write_image_folder
+from helpers import assert_mentions
 from hf_finetune import DataArguments, load_splits
 from hf_finetune.cli.main import main
 from hf_finetune.data.transforms import attach_transforms
@@ -107,7 +108,7 @@ def test_class_whose_every_file_is_broken_is_dropped_with_a_warning(tmp_path, ca
     assert splits.labels == ["cat", "dog", "fish"]
     assert splits.provenance["dropped_classes"] == ["ghost"]
     assert set(Counter(splits.train["label"])) == {0, 1, 2}
-    assert "['ghost'] have no readable image left" in caplog.text
+    assert_mentions(caplog.text, "['ghost']", "no readable image", "Add readable images")
 
 
 def test_single_image_class_is_kept_in_train_only_and_said_so(tmp_path, caplog):
@@ -119,8 +120,7 @@ def test_single_image_class_is_kept_in_train_only_and_said_so(tmp_path, caplog):
     assert Counter(splits.train["label"])[fish] == 1
     assert fish not in splits.validation["label"] and fish not in splits.test["label"]
     assert splits.provenance["train_only_classes"] == ["fish"]
-    assert "have a single image left for the test split: kept in train only" in caplog.text
-    assert "Add images (at least 3 per class" in caplog.text
+    assert_mentions(caplog.text, "['fish']", "single image", "kept in train only", "at least 3 per class")
 
 
 def test_test_report_macro_f1_ignores_a_class_with_no_test_image():
@@ -134,7 +134,7 @@ def test_single_class_dataset_is_refused_by_the_cli(tmp_path, tiny_checkpoint, c
     root = write_image_folder(tmp_path / "d", classes=("only",), per_class=6)
     assert _cli(tmp_path, tiny_checkpoint("vit"), str(root)) == 2
     err = capsys.readouterr().err
-    assert "has a single class" in err and "at least 2 classes, one sub-folder of images per class" in err
+    assert_mentions(err, str(root), "single class", "at least 2 classes", "one sub-folder of images per class")
 
 
 # ---- Hub datasets (load_dataset monkeypatched: a dataset saved to disk, no network) ---------------------------
@@ -175,15 +175,13 @@ def test_hub_dataset_without_image_column_names_the_columns_and_the_flag(hub_dat
     with pytest.raises(ValueError) as err:
         load_splits(DataArguments(dataset="someone/pets"), seed=0)
     assert hub_dataset == ["someone/pets"]
-    assert str(err.value) == (
-        "Could not tell which column holds the images: the dataset has 0 columns of an Image type ([]) among "
-        "['pixels', 'species', 'note']. Name it with `--image-column`."
-    )
+    assert_mentions(str(err.value), "column holds the images", "['pixels', 'species', 'note']", "`--image-column`")
 
 
 def test_hub_dataset_without_label_column_names_the_flag(hub_dataset):
-    with pytest.raises(ValueError, match=r"holds the labels: .* among \['pixels', 'species', 'note'\]\. Name it with `--label-column`"):
+    with pytest.raises(ValueError) as err:
         load_splits(DataArguments(dataset="someone/pets", image_column="pixels"), seed=0)
+    assert_mentions(str(err.value), "column holds the labels", "['pixels', 'species', 'note']", "`--label-column`")
 
 
 def test_hub_dataset_with_named_columns_of_bytes_and_strings_loads(hub_dataset):
@@ -195,15 +193,15 @@ def test_hub_dataset_with_named_columns_of_bytes_and_strings_loads(hub_dataset):
 
 
 def test_hub_dataset_image_column_that_holds_no_images(hub_dataset):
-    with pytest.raises(ValueError, match=r"None of the 30 images of the 'train' split can be decoded \(the first, cat: .*\)\. Check that column 'species' holds the images \(`--image-column`\)"):
+    with pytest.raises(ValueError) as err:
         load_splits(DataArguments(dataset="someone/pets", image_column="species", label_column="note"), seed=0)
+    assert_mentions(str(err.value), "None of the 30 images", "'train' split", "the first, cat:", "'species'", "`--image-column`")
 
 
 def test_hub_dataset_id_while_offline_says_what_to_do(tmp_path, tiny_checkpoint, capsys):
     assert _cli(tmp_path, tiny_checkpoint("vit"), "nobody/no-such-dataset") == 2
     err = capsys.readouterr().err
-    assert "`--dataset` 'nobody/no-such-dataset' is not a local directory and is not in the datasets cache" in err
-    assert "or pass a local ImageFolder directory" in err
+    assert_mentions(err, "`--dataset` 'nobody/no-such-dataset'", "not in the datasets cache", "local ImageFolder directory")
 
 
 # ---- --model ----------------------------------------------------------------------------------------------------
@@ -212,7 +210,7 @@ def test_hub_dataset_id_while_offline_says_what_to_do(tmp_path, tiny_checkpoint,
 def test_model_that_does_not_exist(tmp_path, image_folder, capsys):
     assert _cli(tmp_path, str(tmp_path / "no_such_model"), str(image_folder)) == 2
     err = capsys.readouterr().err
-    assert f"`--model` '{tmp_path / 'no_such_model'}' does not exist: pass a Hugging Face Hub model id" in err
+    assert_mentions(err, f"`--model` '{tmp_path / 'no_such_model'}'", "does not exist", "Hub model id", "config.json")
 
 
 def test_model_that_is_not_an_image_model(tmp_path, image_folder, capsys):
@@ -221,14 +219,13 @@ def test_model_that_is_not_an_image_model(tmp_path, image_folder, capsys):
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "bert")
     assert _cli(tmp_path, str(tmp_path / "bert"), str(image_folder)) == 2
     err = capsys.readouterr().err
-    assert "is a `bert` checkpoint, not an image model hf_finetune can fine-tune. Supported model types:" in err
+    assert_mentions(err, "`--model`", "`bert`", "not an image model", "Supported model types:", "vit")
 
 
 def test_hub_model_id_while_offline_points_to_a_local_directory(tmp_path, image_folder, capsys):
     assert _cli(tmp_path, "facebook/dinov2-small", str(image_folder), "--cache-dir", str(tmp_path / "empty_cache")) == 2
     err = capsys.readouterr().err
-    assert "is not in the Hugging Face cache, and the Hub cannot be reached (offline)" in err
-    assert "or pass a local directory with a config.json" in err
+    assert_mentions(err, "`--model` 'facebook/dinov2-small'", "not in the Hugging Face cache", "offline", "local directory with a config.json")
 
 
 # ---- output directory -------------------------------------------------------------------------------------------
@@ -251,8 +248,9 @@ def test_output_dir_with_the_same_finished_run_is_refused(tmp_path):
     from hf_finetune.pipeline.record import check_output_dir
 
     _fake_run(tmp_path / "o", "m", "d", "finished", checkpoint=True)
-    with pytest.raises(ValueError, match="already holds a run of this model and dataset. Pass --resume-from-checkpoint"):
+    with pytest.raises(ValueError) as err:
         check_output_dir(str(tmp_path / "o"), ModelArguments(model="m"), DataArguments(dataset="d"), False, False, {})
+    assert_mentions(str(err.value), "`--output-dir`", "already holds a run", "--resume-from-checkpoint", "--overwrite-output-dir")
 
 
 def test_unfinished_run_continues_from_its_last_complete_checkpoint(tmp_path, caplog):
@@ -263,9 +261,10 @@ def test_unfinished_run_continues_from_its_last_complete_checkpoint(tmp_path, ca
     args = (str(tmp_path / "o"), ModelArguments(model="m"), DataArguments(dataset="d"), False, False)
     recorded = {"model": {"model": "m"}, "data": {"dataset": "d"}, "finetune": {"strategy": "full"}}
     assert check_output_dir(*args, recorded) == str(tmp_path / "o" / "checkpoint-8")
-    assert "checkpoint-12: it is incomplete" in caplog.text
-    with pytest.raises(ValueError, match=r"recorded with other values of: finetune.strategy\. Rerun with the recorded flags"):
+    assert_mentions(caplog.text, "checkpoint-12", "incomplete")
+    with pytest.raises(ValueError) as err:
         check_output_dir(*args, {**recorded, "finetune": {"strategy": "top_k"}})
+    assert_mentions(str(err.value), "other values of: finetune.strategy", "Rerun with the recorded flags", "--overwrite-output-dir")
 
 
 # ---- flags (the parse-time cases are rows of test_cli.py::test_invalid_flags_are_rejected_at_parse_time) ----
@@ -274,5 +273,4 @@ def test_unfinished_run_continues_from_its_last_complete_checkpoint(tmp_path, ca
 def test_top_k_larger_than_the_model_is_refused_once_the_model_is_known(tmp_path, tiny_checkpoint, image_folder, capsys):
     assert _cli(tmp_path, tiny_checkpoint("vit"), str(image_folder), "--strategy", "top_k", "--top-k", "7") == 2
     err = capsys.readouterr().err
-    assert "`--top-k` 7 is more than the 3 backbone stages" in err
-    assert "(norm+blocks.1, blocks.0, embeddings, top first): use `--top-k` 3 or less, or `--strategy full`" in err
+    assert_mentions(err, "`--top-k` 7", "3 backbone stages", "norm+blocks.1, blocks.0, embeddings", "`--top-k` 3 or less", "`--strategy full`")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
+from helpers import make_trainer
 from hf_finetune.training.lr_curves import CYCLIC_LOW, ONE_CYCLE_END, ONE_CYCLE_START, cyclic, one_cycle
 from hf_finetune.training.callbacks.plateau import PlateauLRCallback
 from hf_finetune.training.lr_find import lr_range_test, save_lr_find, suggest_learning_rate
 from hf_finetune.training.lr_schedule import build_staged_scheduler
-from test_training import make_trainer
 
 
 @pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("radam", torch.optim.RAdam), ("sgd", torch.optim.SGD)])

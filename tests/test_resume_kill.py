@@ -9,6 +9,7 @@ import signal
 
 from cli_runs import QUIET, complete_checkpoints, run_cli, start_cli, wait_for_checkpoint
 from conftest import write_image_folder
+from helpers import assert_mentions
 from hf_finetune import DataArguments, load_splits
 
 # Validation timings differ from run to run; everything else in schedule.json must not.
@@ -47,7 +48,7 @@ def test_sigkill_mid_unfreeze_stage_then_same_command_gives_the_same_results(tmp
 
     # Restarted with the very same command: the output dir holds this unfinished run, so it continues.
     assert run_cli([*common, "--output-dir", str(out)], tmp_path / "resumed.log") == 0
-    assert f"holds this run, unfinished: continuing from {resume_from}" in (tmp_path / "resumed.log").read_text()
+    assert_mentions((tmp_path / "resumed.log").read_text(), "unfinished", f"continuing from {resume_from}")
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
 
     report = json.loads((out / "test_report.json").read_text())

@@ -4,7 +4,6 @@ leaves out exactly the broken files, counted in the report and listed in run_con
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from bad_files import BROKEN_KINDS, write_broken_file
@@ -28,11 +27,10 @@ def test_two_thousand_images_five_percent_broken(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out),
             "--num-train-epochs", "1", "--per-device-train-batch-size", "64", "--per-device-eval-batch-size", "128", *QUIET]
-    start = time.monotonic()
     assert run_cli(argv, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
-    elapsed = time.monotonic() - start
 
     config = json.loads((out / "run_config.json").read_text())
+    assert config["status"] == "finished" and config["epochs_run"] == 1  # trained to the end
     skipped = {Path(entry["file"]) for entry in config["skipped_files"]}
     assert skipped == {path.resolve() for path in broken}  # exactly the broken ones
     summary = config["splits"]["image_check"]
@@ -43,6 +41,6 @@ def test_two_thousand_images_five_percent_broken(tmp_path, tiny_checkpoint):
     assert report["num_skipped_files"] == n_broken
     counts = config["splits"]["counts"]
     assert sum(sum(split.values()) for split in counts.values()) == TOTAL - n_broken
+    assert report["num_samples"] == sum(counts["test"].values())  # every good test image was evaluated
     log = (tmp_path / "run.log").read_text()
     assert f"Skipping {n_broken} file(s) that cannot be used" in log and "... and 50 more" in log
-    assert elapsed < 60, f"soak run took {elapsed:.1f}s"

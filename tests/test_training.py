@@ -4,72 +4,17 @@ BatchNorm buffers bit-identical, unfreezing top-first without rebuilding the opt
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback
 
-from hf_finetune import (
-    DataArguments,
-    FinetuneArguments,
-    FinetuneTrainingArguments,
-    attach_transforms,
-    build_trainer,
-    load_model_and_processor,
-    load_splits,
-    split_stages,
-    unfreeze_units,
-)
+from helpers import Snapshots, changed, make_trainer, stage_tensors
+from hf_finetune import split_stages, unfreeze_units
 from hf_finetune.training.lr_schedule import build_staged_scheduler, refresh_learning_rates, stage_gate
 from hf_finetune.training.param_groups import stage_learning_rates
 
 CNN_KINDS = ("resnet", "mobilenet_v2", "efficientnet", "timm")
-
-
-class Snapshots(TrainerCallback):
-    """Copies parameters and buffers at every epoch start (after the unfreeze callback ran) and at the end."""
-
-    def __init__(self) -> None:
-        self.params: list[dict[str, torch.Tensor]] = []
-        self.buffers: list[dict[str, torch.Tensor]] = []
-        self.optimizer_ids: set[int] = set()
-        self.scheduler_ids: set[int] = set()
-        self.trainable: list[set[str]] = []
-
-    def _take(self, model) -> None:
-        self.params.append({n: p.detach().clone() for n, p in model.named_parameters()})
-        self.buffers.append({n: b.detach().clone() for n, b in model.named_buffers()})
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._take(model)
-
-    def on_step_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        self.optimizer_ids.add(id(getattr(optimizer, "optimizer", optimizer)))
-        self.scheduler_ids.add(id(getattr(lr_scheduler, "scheduler", lr_scheduler)))
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        self._take(model)
-        self.trainable.append({n for n, p in model.named_parameters() if p.requires_grad})
-
-
-def make_trainer(kind, tiny_checkpoint, folder: Path, out: Path, epochs: int = 3, **finetune):
-    checkpoint = tiny_checkpoint(kind)  # built on first use: draws random numbers
-    set_seed(0)  # the new head's initialisation
-    data_args = DataArguments(dataset=str(folder))
-    splits = load_splits(data_args, seed=0)
-    model, processor = load_model_and_processor(checkpoint, splits.id2label)
-    attach_transforms(splits, processor, "light")
-    training_args = FinetuneTrainingArguments(
-        output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=8, learning_rate=1e-2,
-        warmup_steps=0, seed=0, disable_tqdm=True, save_total_limit=None,
-    )
-    finetune.setdefault("early_stopping_patience", 0)
-    return build_trainer(model, processor, splits, FinetuneArguments(**finetune), training_args)
-
-
-def stage_tensors(stage_map, stage_names):
-    return [n for s in stage_map.stages if s.name in stage_names for n in s.param_names]
 
 
 @pytest.mark.parametrize(("multiplier", "expected"), [(None, 1e-1), (1.0, 1e-2), (3.0, 3e-2)])
@@ -80,10 +25,6 @@ def test_the_head_lr_is_a_multiple_of_the_learning_rate_unless_given(multiplier,
     assert optimizer.param_groups[0]["stage"] == "head" and optimizer.param_groups[0]["lr"] == pytest.approx(expected)
     given = make_trainer("resnet", tiny_checkpoint, image_folder, tmp_path / "out2", head_lr_multiplier=3.0, head_learning_rate=0.5)
     assert given.create_optimizer().param_groups[0]["lr"] == pytest.approx(0.5)
-
-
-def changed(before, after, names):
-    return [n for n in names if not torch.equal(before[n], after[n])]
 
 
 @pytest.mark.parametrize("kind", ["vit", "dinov2", "resnet", "timm"])

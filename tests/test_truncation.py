@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import FAST_RUN_FLAGS, write_image_folder
+from helpers import assert_mentions
 from hf_finetune import load_model_and_processor, split_stages
 from hf_finetune.backbones.stages import TRUNCATION_FIELD
 from hf_finetune.cli.main import main
@@ -104,16 +105,11 @@ def test_truncation_errors(tiny_checkpoint):
     model, _ = load_model_and_processor(tiny_checkpoint("resnet"), LABELS)
     with pytest.raises(ValueError) as err:
         truncate_model(model, "blocks.7", "tiny-resnet")
-    assert str(err.value) == (
-        "`--truncate-after` 'blocks.7' is not a backbone stage of 'tiny-resnet'. Valid stages (index=name, input to "
-        "output): 0=embeddings, 1=blocks.0, 2=blocks.1, 3=blocks.2, 4=blocks.3."
-    )
+    valid = "0=embeddings, 1=blocks.0, 2=blocks.1, 3=blocks.2, 4=blocks.3"
+    assert_mentions(str(err.value), "`--truncate-after` 'blocks.7'", "not a backbone stage of 'tiny-resnet'", valid)
     with pytest.raises(ValueError) as err:
         truncate_model(model, "4", "tiny-resnet")
-    assert str(err.value) == (
-        "`--truncate-after` '4' is the top backbone stage of 'tiny-resnet': nothing above it to remove. Pass a lower "
-        "stage (0=embeddings, 1=blocks.0, 2=blocks.1, 3=blocks.2, 4=blocks.3) or `none`."
-    )
+    assert_mentions(str(err.value), "`--truncate-after` '4'", "top backbone stage", "lower stage", valid, "`none`")
     with pytest.raises(ValueError, match=r"^`--truncate-after` 'head' is not a backbone stage"):
         truncate_model(model, "head", "tiny-resnet")
 
