@@ -46,7 +46,7 @@ def one_epoch_seconds(model_path: str, dataset: str, seed: int) -> dict:
     from transformers.trainer_utils import TrainOutput
 
     from hf_finetune.cli.main import parse_args
-    from hf_finetune.pipeline.run import prepare_run
+    from hf_finetune.pipeline.assemble import prepare_run
 
     out = tempfile.mkdtemp(prefix="probe_speed_")
     args = parse_args(["--model", model_path, "--dataset", dataset, "--output-dir", out, "--strategy", "full",

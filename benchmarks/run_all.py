@@ -232,7 +232,7 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
         accuracy, macro_f1 = result.test_report["accuracy"], result.test_report["macro_f1"]
         config = json.loads((Path(out) / "run_config.json").read_text())
         features = config.get("features") or {}
-        extra = {"strategy": finetune_args.strategy, "epochs_run": config.get("epochs_run"),
+        extra = {"strategy": result.arguments.finetune.strategy, "epochs_run": config.get("epochs_run"),
                  "case": (config.get("recipe") or {}).get("case"), "feature_pass": features}
         if features.get("images_per_second"):
             record["phases"]["feature pass"] = {"images_per_second": features["images_per_second"]}

@@ -14,13 +14,15 @@ from hf_finetune.data.mixing import BatchMixer
 from hf_finetune.data.splits import DataSplits, load_splits
 from hf_finetune.data.transforms import attach_transforms, collate
 from hf_finetune.evaluation.metrics import classification_report, compute_metrics
+from hf_finetune.pipeline.assemble import PreparedRun, build_trainer, prepare_run
 from hf_finetune.pipeline.kfold import run_kfold
-from hf_finetune.pipeline.run import RunResult, build_trainer, prepare_run, run_finetune
+from hf_finetune.pipeline.run import RunResult, run_finetune
 from hf_finetune.probing.features import FeatureSet, SplitFeatures, compute_split_features
 from hf_finetune.probing.linear_probe import LinearProbe, fit_linear_probe
 from hf_finetune.probing.stage_probe import StageProbe, probe_stages
 from hf_finetune.recipe.advisor import RecipePlan, plan_recipe
 from hf_finetune.recipe.measure import DatasetMeasurements, measure_dataset
+from hf_finetune.recipe.resolve import RunArguments
 from hf_finetune.sharing.hub import PushResult, push_to_hub
 from hf_finetune.sharing.model_card import build_model_card, write_model_card
 from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, set_trainable_stages, unfreeze_units
@@ -51,8 +53,10 @@ __all__ = [
     "ModelArguments",
     "NonFiniteLossError",
     "PlateauLRCallback",
+    "PreparedRun",
     "PushResult",
     "RecipePlan",
+    "RunArguments",
     "RunResult",
     "ScheduleRecorderCallback",
     "ShareArguments",

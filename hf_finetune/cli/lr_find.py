@@ -1,20 +1,16 @@
-"""TODO docstring."""
+"""`python -m hf_finetune lr-find ...`: the LR range test alone, with the training flags of a run."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
+from hf_finetune.cli.main import parse_args
+from hf_finetune.pipeline.assemble import prepare_run
 from hf_finetune.training.lr_find import lr_range_test, save_lr_find
-
-logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
     """`python -m hf_finetune lr-find --model ... --dataset ... [--output-dir ...]`: sweep, plot, print the suggestion."""
-    from hf_finetune.cli.main import parse_args
-    from hf_finetune.pipeline.run import prepare_run
-
     try:
         model_args, data_args, finetune_args, training_args, share_args = parse_args(argv)
         prepared = prepare_run(model_args, data_args, finetune_args, training_args, share_args=share_args)

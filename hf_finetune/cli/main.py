@@ -20,11 +20,8 @@ from hf_finetune.config.training import FinetuneTrainingArguments, ShareArgument
 
 logger = logging.getLogger(__name__)
 
-
 # Exit codes of `python -m hf_finetune` (2 = bad input, set by the CLI).
 EXIT_FAILED = 1
-
-
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
 
 
@@ -121,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    # Imported here, not at the top: `--help` and a bad flag answer without loading torch and the Trainer.
     from hf_finetune.pipeline.run import run_finetune
     from hf_finetune.training.callbacks.interrupt import NonFiniteLossError, TrainingInterrupted, last_checkpoint
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""`python -m hf_finetune probe --model M --dataset D`: the stage probe alone (a cross-validated linear probe on
+every backbone stage's pooled features), written to `stage_probe.json` and `stage_probe.png`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 
 from hf_finetune.config.files import STAGE_PROBE_FILE
 from hf_finetune.config.sources import DataArguments, ModelArguments
+from hf_finetune.data.splits import load_splits
 from hf_finetune.probing.stage_probe import PROBE_FOLDS, StageProbe, probe_stages, write_stage_probe
+from hf_finetune.recipe.prepare import feature_pass, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +40,6 @@ class StageProbeArguments:
 
 def run_stage_probe(model_args: ModelArguments, data_args: DataArguments, args: StageProbeArguments) -> StageProbe:
     """Loads the splits and the model, runs the feature pass (every stage) and the probe, writes the results."""
-    from hf_finetune.data.splits import load_splits
-    from hf_finetune.recipe.prepare import feature_pass, load_model
-
     splits = load_splits(data_args, seed=args.seed)
     model, processor = load_model(model_args, splits, None, args.seed)
     features = feature_pass(model, processor, splits, model_args, args.feature_cache_dir, args.batch_size, stages=True)

@@ -1,11 +1,6 @@
-"""TODO docstring."""
+"""The command line as a run records and prints it: the Hub token never appears in it."""
 
 from __future__ import annotations
-
-import logging
-
-logger = logging.getLogger(__name__)
-
 
 _TOKEN_FLAGS = ("--hub-token", "--hub_token")
 

@@ -1,52 +1,20 @@
-"""TODO docstring."""
+"""The name of every file and folder a run writes into its output directory.
 
-from __future__ import annotations
+Every layer that writes or reads a run folder (training callbacks, evaluation, the model card, the Hub upload, the
+pipeline) takes the names from here, so the folder's layout is defined once.
+"""
 
-import logging
-
-pass
-pass
-
-logger = logging.getLogger(__name__)
-
-
-STAGE_PROBE_FILE = "stage_probe.json"
-
-
-STAGE_PROBE_PLOT = "stage_probe.png"
-
-
-ADAPTER_DIR = "adapter"
-
-
-LR_FIND_JSON = "lr_find.json"
-
-
-LR_FIND_PLOT = "lr_find.png"
-
-
-SCHEDULE_FILE = "schedule.json"
-
-
+RUN_CONFIG_FILE = "run_config.json"  # resolved arguments, advisor plan, seeds, versions, what happened
 TEST_REPORT_FILE = "test_report.json"
-
-
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-
-
+SCHEDULE_FILE = "schedule.json"  # per-epoch freeze state and per-group LR history
 LR_SCHEDULE_FILE = "lr_schedule.png"
-
-
 TRAINING_CURVES_FILE = "training_curves.png"
-
-
+STAGE_PROBE_FILE = "stage_probe.json"
+STAGE_PROBE_PLOT = "stage_probe.png"
+LR_FIND_JSON = "lr_find.json"
+LR_FIND_PLOT = "lr_find.png"
 KFOLD_REPORT_FILE = "kfold_report.json"
-
-
-CARD_FILE = "README.md"
-
-
-EXAMPLES_DIR = "examples"
-
-
-RUN_CONFIG_FILE = "run_config.json"
+CARD_FILE = "README.md"  # the model card
+EXAMPLES_DIR = "examples"  # example images for the card and the demo
+ADAPTER_DIR = "adapter"  # the LoRA adapter beside the merged model

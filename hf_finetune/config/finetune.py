@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from hf_finetune.config.choices import (
-    _ADVISOR,
+    ADVISOR_HELP,
     AUTO,
     CLASS_BALANCE,
     HEAD_INITS,
@@ -48,7 +48,7 @@ class FinetuneArguments:
         default=None,
         metadata={
             "help": "Layer-wise LR decay: stage at depth d (embeddings 0 .. top D) trains at "
-            f"learning_rate * layer_decay ** (D - d). 1.0 turns it off. ({_ADVISOR}: closer to 1 when lower "
+            f"learning_rate * layer_decay ** (D - d). 1.0 turns it off. ({ADVISOR_HELP}: closer to 1 when lower "
             "layers must adapt to a different domain.)"
         },
     )
@@ -57,7 +57,7 @@ class FinetuneArguments:
         metadata={
             "help": f"How the new head starts, one of {HEAD_INITS}: probe = the linear probe fitted on cached frozen "
             "features (LP-FT: no random head distorting the backbone early; replaces the head-only epochs), random. "
-            f"({_ADVISOR})"
+            f"({ADVISOR_HELP})"
         },
     )
     head_learning_rate: float | None = field(
@@ -66,7 +66,7 @@ class FinetuneArguments:
     head_lr_multiplier: float | None = field(
         default=None,
         metadata={
-            "help": f"The head's LR as a multiple of --learning-rate when --head-learning-rate is not given ({_ADVISOR}: "
+            "help": f"The head's LR as a multiple of --learning-rate when --head-learning-rate is not given ({ADVISOR_HELP}: "
             "1 when few images fine-tune from the linear-probe head, which is already fitted; else 10, since a fresh "
             "head must move much further than the pretrained backbone)."
         },
@@ -75,7 +75,7 @@ class FinetuneArguments:
         default=None,
         metadata={
             "help": "head_then_unfreeze: epochs with only the head trainable before unfreezing starts "
-            f"({_ADVISOR}: 0 when the head starts from the probe, else 1)."
+            f"({ADVISOR_HELP}: 0 when the head starts from the probe, else 1)."
         },
     )
     unfreeze_every: int = field(
@@ -83,7 +83,7 @@ class FinetuneArguments:
     )
     stages_per_unfreeze: int | None = field(
         default=None,
-        metadata={"help": f"head_then_unfreeze: stages unfrozen at each step, top stage first ({_ADVISOR})."},
+        metadata={"help": f"head_then_unfreeze: stages unfrozen at each step, top stage first ({ADVISOR_HELP})."},
     )
     unfreeze_on_plateau: bool = field(
         default=False,
@@ -94,7 +94,7 @@ class FinetuneArguments:
     )
     plateau_patience: int = field(default=1, metadata={"help": "Epochs without improvement that count as a plateau."})
     top_k: int | None = field(
-        default=None, metadata={"help": f"top_k: number of top backbone stages trained with the head ({_ADVISOR})."}
+        default=None, metadata={"help": f"top_k: number of top backbone stages trained with the head ({ADVISOR_HELP})."}
     )
     truncate_after: str | None = field(
         default=None,
@@ -124,13 +124,13 @@ class FinetuneArguments:
     )
     head_dropout: float | None = field(
         default=None,
-        metadata={"help": f"Dropout on the head's input features while training ({_ADVISOR})."},
+        metadata={"help": f"Dropout on the head's input features while training ({ADVISOR_HELP})."},
     )
     drop_path_rate: float | None = field(
         default=None,
         metadata={
             "help": "Stochastic depth (drop-path) rate, for backbones that have it (ViT family, ConvNeXt, Swin, timm "
-            f"models); ignored with a warning elsewhere ({_ADVISOR}; the checkpoint's own value if nothing decides)."
+            f"models); ignored with a warning elsewhere ({ADVISOR_HELP}; the checkpoint's own value if nothing decides)."
         },
     )
     mixup: str | None = field(
@@ -138,7 +138,7 @@ class FinetuneArguments:
         metadata={
             "help": f"Mixup/CutMix on training batches, one of {MIXUP_MODES}: on, off, or auto = switched on by the "
             "train/validation gap monitor when the macro-F1 gap stays above --gap-threshold for --gap-patience epochs "
-            f"({_ADVISOR})."
+            f"({ADVISOR_HELP})."
         },
     )
     mixup_alpha: float = field(default=0.2, metadata={"help": "Mixup Beta(alpha, alpha) parameter; 0 disables mixup."})
@@ -153,7 +153,7 @@ class FinetuneArguments:
         default=None,
         metadata={
             "help": f"Class-imbalance handling, one of {CLASS_BALANCE}: weighted_loss (cross-entropy weighted by "
-            f"inverse class frequency), sampler (class-balanced sampling) ({_ADVISOR}: weighted_loss when the largest "
+            f"inverse class frequency), sampler (class-balanced sampling) ({ADVISOR_HELP}: weighted_loss when the largest "
             "class has 3x the images of the smallest)."
         },
     )
@@ -212,7 +212,7 @@ class FinetuneArguments:
         metadata={
             "help": "Keep BatchNorm running statistics fixed (normalise with them, eval mode) in trainable stages too; "
             "the BatchNorm affine weights still train. No effect on models without BatchNorm "
-            f"({_ADVISOR}: on when the head starts from the probe, which was fitted on features normalised with the "
+            f"({ADVISOR_HELP}: on when the head starts from the probe, which was fitted on features normalised with the "
             "pretrained statistics)."
         },
     )

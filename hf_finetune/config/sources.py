@@ -1,10 +1,10 @@
-"""TODO docstring."""
+"""Where the backbone and the images come from: `ModelArguments` and `DataArguments`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_finetune.config.choices import _ADVISOR, AUGMENTATIONS
+from hf_finetune.config.choices import ADVISOR_HELP, AUGMENTATIONS
 
 
 @dataclass
@@ -59,7 +59,7 @@ class DataArguments:
         metadata={
             "help": f"Training augmentation, one of {AUGMENTATIONS}: light = random resized crop + flip; medium adds "
             "colour jitter and TrivialAugment; strong = wider crops + RandAugment + colour jitter + random erasing. "
-            f"({_ADVISOR}: light for a fine-tune of few images from the probe head, medium for large data from a "
+            f"({ADVISOR_HELP}: light for a fine-tune of few images from the probe head, medium for large data from a "
             "different domain; the probe needs none.)"
         },
     )

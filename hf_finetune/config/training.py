@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The Trainer's arguments with hf_finetune's defaults (`FinetuneTrainingArguments`), the sharing arguments
+(`ShareArguments`) and the checks that span several argument groups."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
-from hf_finetune.config.choices import _ADVISOR, VALIDATION_METRICS
+from hf_finetune.config.choices import ADVISOR_HELP, VALIDATION_METRICS
 from hf_finetune.config.finetune import FinetuneArguments
 
 
@@ -41,13 +42,13 @@ class FinetuneTrainingArguments(TrainingArguments):
     learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": f"LR of the top backbone stage (see --layer-decay; {_ADVISOR}: 1e-4 when few images fine-tune from "
+            "help": f"LR of the top backbone stage (see --layer-decay; {ADVISOR_HELP}: 1e-4 when few images fine-tune from "
             "the linear-probe head, else 3e-4)."
         },
     )
     num_train_epochs: float | None = field(
         default=None,
-        metadata={"help": f"Maximum epochs (early stopping may end sooner; {_ADVISOR}: fits --time-budget, else 10)."},
+        metadata={"help": f"Maximum epochs (early stopping may end sooner; {ADVISOR_HELP}: fits --time-budget, else 10)."},
     )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
@@ -59,7 +60,7 @@ class FinetuneTrainingArguments(TrainingArguments):
     # Small data: soft targets curb over-confidence on a handful of images per class.
     label_smoothing_factor: float | None = field(
         default=None,
-        metadata={"help": f"Label smoothing of the cross-entropy loss ({_ADVISOR}: 0.1, 0.2 with --noisy-labels)."},
+        metadata={"help": f"Label smoothing of the cross-entropy loss ({ADVISOR_HELP}: 0.1, 0.2 with --noisy-labels)."},
     )
     eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
     save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to save a checkpoint."})

@@ -12,7 +12,6 @@ holds the per-fold figures and the summary.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ from hf_finetune.config.sources import DataArguments, ModelArguments
 from hf_finetune.config.training import FinetuneTrainingArguments
 from hf_finetune.data.splits import load_splits
 from hf_finetune.evaluation.kfold import CONFIDENCE, kfold_splits, t_interval
+from hf_finetune.pipeline.run import run_finetune
+from hf_finetune.recipe.resolve import RunArguments
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +36,23 @@ def run_kfold(
     training_args: FinetuneTrainingArguments,
 ) -> dict[str, Any]:
     """Runs `finetune_args.kfold` folds and writes `kfold_report.json`; returns the report."""
-    from hf_finetune.pipeline.run import run_finetune
-
     k = finetune_args.kfold
     base = load_splits(data_args, seed=training_args.seed)
     folds = kfold_splits(base, k, training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)
     per_fold = []
+    base_args = RunArguments(model_args, data_args, finetune_args, training_args)
     for index, fold in enumerate(folds):
-        fold_training = copy.deepcopy(training_args)
-        fold_training.output_dir = os.path.join(training_args.output_dir, f"fold-{index}")
-        fold_finetune = copy.deepcopy(finetune_args)
-        fold_finetune.kfold = 0
+        # run_finetune never writes into its arguments: each fold only needs its own folder (and no nested k-fold).
+        fold_args = base_args.replace(output_dir=os.path.join(training_args.output_dir, f"fold-{index}"), kfold=0)
         logger.info("Fold %d/%d: %d train / %d validation / %d test images", index + 1, k, len(fold.train), len(fold.validation), len(fold.test))
-        result = run_finetune(copy.deepcopy(model_args), copy.deepcopy(data_args), fold_finetune, fold_training, splits=fold)
+        result = run_finetune(fold_args.model, fold_args.data, fold_args.finetune, fold_args.training, splits=fold)
         report = result.test_report
         per_fold.append(
             {
                 "fold": index,
-                "output_dir": fold_training.output_dir,
-                "strategy": fold_finetune.strategy,
+                "output_dir": fold_args.training.output_dir,
+                "strategy": result.arguments.finetune.strategy,
                 "test_accuracy": report["accuracy"],
                 "test_macro_f1": report["macro_f1"],
                 **({"baseline_accuracy": report["baseline"]["accuracy"], "baseline_macro_f1": report["baseline"]["macro_f1"]} if "baseline" in report else {}),

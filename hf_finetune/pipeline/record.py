@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""The run record (`run_config.json`) and the resume policy that reads it.
+
+`write_run_config` records every resolved argument, the seeds, library versions and the command; `check_output_dir`
+decides what to do with an `--output-dir` that already holds a run (refuse, start over, or continue from its last
+checkpoint when the same command is run again).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,8 @@ from typing import Any
 
 from hf_finetune.config.command import redact_argv
 from hf_finetune.config.files import RUN_CONFIG_FILE, TEST_REPORT_FILE
-from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.config.sources import DataArguments, ModelArguments
-from hf_finetune.config.training import FinetuneTrainingArguments
+from hf_finetune.recipe.resolve import RunArguments
 from hf_finetune.training.callbacks.interrupt import last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -111,26 +115,22 @@ def check_output_dir(
     return checkpoint
 
 
-def _argument_sections(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    finetune_args: FinetuneArguments,
-    training_args: FinetuneTrainingArguments,
-) -> dict[str, Any]:
+def argument_sections(arguments: RunArguments) -> dict[str, Any]:
+    """The four argument groups as `run_config.json` records them."""
     return {
-        "model": dataclasses.asdict(model_args),
-        "data": dataclasses.asdict(data_args),
-        "finetune": dataclasses.asdict(finetune_args),
-        "training": training_args.to_dict(),  # masks *_token fields
+        "model": dataclasses.asdict(arguments.model),
+        "data": dataclasses.asdict(arguments.data),
+        "finetune": dataclasses.asdict(arguments.finetune),
+        "training": arguments.training.to_dict(),  # masks *_token fields
     }
 
 
-def _command() -> list[str]:
+def command_line() -> list[str]:
     """This process's command line, tokens redacted."""
     return [os.path.basename(sys.argv[0]), *redact_argv(sys.argv[1:])]
 
 
-def _update_run_config(path: str, **fields: Any) -> None:
+def update_run_config(path: str, **fields: Any) -> None:
     """Sets top-level `fields` in an existing `run_config.json` (status changes of a stopped run)."""
     with open(path) as f:
         payload = json.load(f)
@@ -139,17 +139,11 @@ def _update_run_config(path: str, **fields: Any) -> None:
         json.dump(payload, f, indent=2, default=str)
 
 
-def write_run_config(
-    path: str,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    finetune_args: FinetuneArguments,
-    training_args: FinetuneTrainingArguments,
-    extra: dict[str, Any],
-) -> None:
+def write_run_config(path: str, arguments: RunArguments, extra: dict[str, Any]) -> None:
     """Writes every resolved argument, library versions and seeds (never the Hub token)."""
+    training_args = arguments.training
     payload = {
-        **_argument_sections(model_args, data_args, finetune_args, training_args),
+        **argument_sections(arguments),
         # One --seed drives everything: python/numpy/torch (set_seed before the head init and again before
         # training: data order, augmentation, mixup, dropout), the stratified splits, the advisor's CV folds and
         # image sample, the probe's solver and the k-fold split.
@@ -164,7 +158,7 @@ def write_run_config(
             "kfold_seed": training_args.seed,
         },
         "versions": library_versions(),
-        "command": _command(),
+        "command": command_line(),
         **extra,
     }
     with open(path, "w") as f:

@@ -26,7 +26,6 @@ from hf_finetune.config.finetune import FinetuneArguments
 
 logger = logging.getLogger(__name__)
 
-
 # Read from the conv module itself by some forward passes (transformers' MobileNetV2/EfficientNet TF "SAME" padding).
 _CONV_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 

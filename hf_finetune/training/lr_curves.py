@@ -16,17 +16,10 @@ from typing import Callable
 
 logger = logging.getLogger(__name__)
 
-
 # one_cycle: share of the steps spent rising, start and end as fractions of the peak (fastai-style).
 ONE_CYCLE_RISE = 0.3
-
-
 ONE_CYCLE_START = 1 / 25
-
-
 ONE_CYCLE_END = 1 / 1000
-
-
 # cyclic: the low point of a triangular cycle, as a fraction of the peak.
 CYCLIC_LOW = 0.1
 

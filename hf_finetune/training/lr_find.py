@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 
 from hf_finetune.config.files import LR_FIND_JSON, LR_FIND_PLOT
+from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, set_trainable_stages, unfreeze_units
 
 logger = logging.getLogger(__name__)
 
-
 # The sweep stops when the smoothed loss exceeds this multiple of its minimum.
 DIVERGENCE_FACTOR = 4.0
-
-
 # Exponential smoothing of the recorded loss (fastai's beta).
 SMOOTHING = 0.9
 
@@ -81,8 +79,6 @@ def suggest_learning_rate(learning_rates: list[float], losses: list[float], beta
 
 def _trainable_at_start(trainer: Any) -> set[str]:
     """Backbone stages trainable in the first training epoch under the run's freezing strategy."""
-    from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, unfreeze_units
-
     callback = StageUnfreezeCallback.from_args(trainer.finetune_args)
     callback._stage_map = trainer.stage_map
     callback._units = unfreeze_units(trainer.stage_map)
@@ -107,8 +103,6 @@ def lr_range_test(
     Returns:
         `LRFindResult`.
     """
-    from hf_finetune.training.callbacks.freezing import set_trainable_stages
-
     if not 0 < start_lr < end_lr:
         raise ValueError(f"The LR range test needs 0 < start_lr < end_lr, got {start_lr} and {end_lr}.")
     model = trainer.model

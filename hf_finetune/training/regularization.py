@@ -15,11 +15,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-
 # Label smoothing used for --noisy-labels (unless --label-smoothing-factor is given).
 NOISY_LABEL_SMOOTHING = 0.2
-
-
 # Largest / smallest class count from which the advisor treats the data as imbalanced.
 IMBALANCE_RATIO_THRESHOLD = 3.0
 

@@ -1,12 +1,13 @@
 """`FinetuneTrainer`: the stock `transformers.Trainer` with layer-wise LR-decay parameter groups.
 
-Only documented hooks are overridden: `create_optimizer` builds one group pair per stage
-(frozen stages included) with absolute LRs and the chosen optimizer (AdamW, RAdam, SGD or the
-Trainer's `--optim`), `create_scheduler` gates the schedule per group so unfreezing never
-rebuilds either, `compute_loss` adds mixup/CutMix soft targets, class weights, label smoothing,
-L2-SP and the training-prediction log of the gap monitor, `_get_train_sampler` offers a
-class-balanced sampler, and `training_step` stops the run on a NaN/inf loss
-(`interrupt.check_finite_loss`). The loop itself is transformers'.
+Documented hooks do the work: `create_optimizer` builds one group pair per stage (frozen stages included) with
+absolute LRs and the chosen optimizer (AdamW, RAdam, SGD or the Trainer's `--optim`), `create_scheduler` gates the
+schedule per group so unfreezing never rebuilds either, `compute_loss` adds mixup/CutMix soft targets, class
+weights, label smoothing, L2-SP and the training-prediction log of the gap monitor, and `training_step` stops the
+run on a NaN/inf loss (`interrupt.check_finite_loss`). The loop itself is transformers'.
+
+Four private methods are overridden where transformers offers no public hook; `PRIVATE_OVERRIDES` says why for
+each, and tests/test_trainer_hooks.py fails if a transformers upgrade removes one or changes its signature.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import logging as hf_logging
 from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import StageMap, resolve_stages
 from hf_finetune.backbones.targets import no_weight_decay_names
-from hf_finetune.config.choices import fill_fallbacks
+from hf_finetune.config.choices import with_fallbacks
 from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.data.mixing import BatchMixer
 from hf_finetune.training.callbacks.interrupt import check_finite_loss
@@ -37,6 +38,15 @@ from hf_finetune.training.regularization import L2SP, balanced_sample_weights, c
 
 logger = logging.getLogger(__name__)
 
+# Private `Trainer` methods overridden here, and why no public hook would do.
+PRIVATE_OVERRIDES: dict[str, str] = {
+    "_get_train_sampler": "the only place the Trainer builds its training sampler (`--class-balance sampler`)",
+    "_load_callback_state": "a resume re-creates stateful callbacks from their saved state; the new gap monitor and "
+    "schedule recorder must be re-connected to this trainer's mixer and prediction log",
+    "_load_from_checkpoint": "the Trainer reloads a resumed checkpoint with a non-strict load_state_dict that skips "
+    "the ViT family's renamed keys; from_pretrained applies the renaming",
+    "_load_best_model": "the same non-strict reload for the best checkpoint at the end of training",
+}
 
 # Fused AdamW runs on CPU, CUDA and MPS from torch 2.8 on (transformers' own default from that version).
 _FUSED_ADAMW = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
@@ -65,9 +75,15 @@ class FinetuneTrainer(Trainer):
         train_log: TrainPredictionLog | None = None,
         **kwargs: Any,
     ) -> None:
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        self.finetune_args = finetune_args or FinetuneArguments()
-        filled = fill_fallbacks(self.finetune_args, *([training_args] if training_args is not None else []))
+        # Undecided fields (a trainer assembled by hand) get FALLBACKS on copies: the caller's objects stay as given.
+        self.finetune_args, filled = with_fallbacks(finetune_args or FinetuneArguments())
+        if "args" in kwargs and kwargs["args"] is not None:
+            kwargs["args"], filled_training = with_fallbacks(kwargs["args"])
+            filled += filled_training
+        elif len(args) > 1 and args[1] is not None:
+            training_args, filled_training = with_fallbacks(args[1])
+            args = (args[0], training_args, *args[2:])
+            filled += filled_training
         if filled:
             logger.info("No recipe advisor decided %s: using the fixed defaults (arguments.FALLBACKS).", ", ".join(filled))
         super().__init__(*args, **kwargs)
@@ -213,6 +229,9 @@ class FinetuneTrainer(Trainer):
         """Hands the gap monitor this trainer's prediction log and mixer, and the schedule recorder the monitor's
         per-epoch fields. Needed again after a resume, which re-creates stateful callbacks from their saved args."""
         callbacks = self.callback_handler.callbacks
+        for callback in callbacks:  # the run's stage map, computed once, instead of each callback splitting again
+            if hasattr(callback, "stage_map"):
+                callback.stage_map = self.stage_map
         monitor = next((cb for cb in callbacks if isinstance(cb, GapMonitorCallback)), None)
         if monitor is None:
             return

@@ -28,16 +28,9 @@ from hf_finetune.training.lr_schedule import refresh_learning_rates
 
 logger = logging.getLogger(__name__)
 
-
 _FROZEN_FLAG = "_hf_finetune_frozen"
-
-
 _TRAIN_BN_FLAG = "_hf_finetune_train_bn"
-
-
 _BN_STATS_FIXED_FLAG = "_hf_finetune_bn_stats_fixed"
-
-
 _HOOKED_FLAG = "_hf_finetune_hooked"
 
 
@@ -159,7 +152,8 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         self.best_metric: float | None = None
         self.evals_without_improvement = 0
         self.plateau_pending = False
-        self._stage_map: StageMap | None = None
+        # The run's stage map, handed over by FinetuneTrainer; discovered from the model under a plain Trainer.
+        self.stage_map: StageMap | None = None
         self._units: list[list[str]] = []
 
     @classmethod
@@ -230,9 +224,9 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
 
     def _apply(self, model: torch.nn.Module, optimizer: Any, step: int, ramp_steps: int) -> None:
         set_trainable_stages(
-            model, self._stage_map, self.trainable_stages(), train_bn=self.train_bn, fix_bn_stats=self.fix_bn_stats
+            model, self.stage_map, self.trainable_stages(), train_bn=self.train_bn, fix_bn_stats=self.fix_bn_stats
         )
-        trainable = self.trainable_stages() | {self._stage_map.head.name}
+        trainable = self.trainable_stages() | {self.stage_map.head.name}
         if optimizer is None:
             return
         for group in optimizer.param_groups:
@@ -243,10 +237,10 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
     # ---- Trainer events -----------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self._stage_map = split_stages(model)
-        self._units = unfreeze_units(self._stage_map)
+        self.stage_map = self.stage_map or split_stages(model)
+        self._units = unfreeze_units(self.stage_map)
         if self.train_stages:  # surgical: the listed stages are the only units, each on its own, top first
-            chosen = resolve_stages(self._stage_map, self.train_stages, "--train-stages", type(model).__name__)
+            chosen = resolve_stages(self.stage_map, self.train_stages, "--train-stages", type(model).__name__)
             self._units = [[name] for name in reversed(chosen)]
         if self.num_unfrozen is None:
             self.num_unfrozen = self._initial_units()
@@ -258,7 +252,7 @@ class StageUnfreezeCallback(TrainerCallback, ExportableState):
         self._apply(model, optimizer, state.global_step, ramp_steps=0)
         logger.info(
             "Freezing strategy %s: %d of %d backbone stages trainable at start (%s)",
-            self.strategy, len(self.trainable_stages()), len(self._stage_map.backbone),
+            self.strategy, len(self.trainable_stages()), len(self.stage_map.backbone),
             ", ".join(sorted(self.trainable_stages())) or "head only",
         )
 

@@ -28,10 +28,7 @@ from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
-
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
 _TRAINER_STATE = "trainer_state.json"
 
 

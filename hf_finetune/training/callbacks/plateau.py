@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`PlateauLRCallback`: ReduceLROnPlateau on validation macro-F1 for gated parameter groups (see `lr_curves`)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from hf_finetune.backbones.split import split_stages
+from hf_finetune.backbones.stages import StageMap
 from hf_finetune.config.files import SCHEDULE_FILE
 from hf_finetune.training.callbacks.freezing import trainable_stage_names
 
 logger = logging.getLogger(__name__)
-
 
 # Per-step LR history is thinned to at most this many points so the file stays small on long runs.
 _MAX_HISTORY_POINTS = 2000
@@ -44,7 +44,8 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
         self.records: list[dict] = []
         self.lr_history: dict[str, list] = {"step": [], "groups": {}}
         self._current: dict[str, Any] | None = None
-        self._stage_map = None
+        # The run's stage map, handed over by FinetuneTrainer; discovered from the model under a plain Trainer.
+        self.stage_map: StageMap | None = None
 
     def state(self) -> dict:
         # The open record goes too: a checkpoint saved mid-epoch (Ctrl-C) resumes into the same epoch's record.
@@ -60,13 +61,13 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
         record = {
             "epoch": epoch,
             "first_step": state.global_step + 1,
-            "trainable_stages": trainable_stage_names(model, self._stage_map),
+            "trainable_stages": trainable_stage_names(model, self.stage_map),
         }
         self._current = record
         return record
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._stage_map = split_stages(model)
+        self.stage_map = self.stage_map or split_stages(model)
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         epoch = int(math.floor(state.epoch + 1e-6))
