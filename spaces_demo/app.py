@@ -143,7 +143,10 @@ def build_demo(model: str, top_k: int | None = None, title: str | None = None) -
     def classify(image: Any) -> dict[str, float]:
         if image is None:
             return {}
-        predictions = classifier(image.convert("RGB"), top_k=top_k)
+        from PIL import ImageOps
+
+        # Upright as in training: a phone photo stored sideways carries an EXIF rotate tag (a no-op without one).
+        predictions = classifier(ImageOps.exif_transpose(image).convert("RGB"), top_k=top_k)
         return {p["label"]: float(p["score"]) for p in predictions}
 
     with gr.Blocks(title=name) as demo:

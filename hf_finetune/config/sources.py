@@ -63,6 +63,21 @@ class DataArguments:
             "different domain; the probe needs none.)"
         },
     )
+    label_depth: int = field(
+        default=1,
+        metadata={
+            "help": "Local folders: which folder level below the dataset (or below its train/ val/ test/ folders) "
+            "names the class. 1 (default): the first level, deeper folders are flattened into it (cat/2019/x.jpg is "
+            "a cat); 2: the second level (cat/2019/x.jpg is a 2019)."
+        },
+    )
+    allow_missing_train_classes: bool = field(
+        default=False,
+        metadata={
+            "help": "Train even when some classes of the validation/test folders have no training image (refused by "
+            "default: the model cannot learn them, and they score F1 0)."
+        },
+    )
     check_images: bool = field(
         default=True,
         metadata={
@@ -76,5 +91,7 @@ class DataArguments:
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ValueError(f"`--{name.replace('_', '-')}` must lie in (0, 0.5), got {value}.")
+        if self.label_depth < 1:
+            raise ValueError(f"`--label-depth` must be >= 1 (1 = the first folder level names the class), got {self.label_depth}.")
         if self.augmentation is not None and self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"`--augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")

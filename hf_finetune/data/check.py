@@ -4,8 +4,8 @@
 an epoch. The scan reads the raw files/bytes (`datasets.Image(decode=False)`), decodes each one the way training
 will (open, full decode, conversion to RGB) in a thread pool (Pillow releases the GIL while decoding), and returns
 the dataset without the failures plus a list of `{file, split, kind, reason}` records that `run_config.json` keeps.
-For a local ImageFolder directory it also lists what `imagefolder` silently ignored: files that are not images (e.g.
-`notes.txt` in a class folder) and class folders without a single image.
+For a local folder it also records what its listing (`layout.py`) left out: files that are not images (e.g.
+`notes.txt` in a class folder), file names that are not valid UTF-8, and class folders without a single image.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_finetune.data.images import open_image, to_rgb
+from hf_finetune.data.layout import NOT_AN_IMAGE, FolderLayout
 
 logger = logging.getLogger(__name__)
 
-# imagefolder reads these as metadata, not as images.
-_METADATA_FILES = frozenset({"metadata.csv", "metadata.jsonl", "metadata.parquet"})
 # Lines of the skipped-file list written to the log; the full list always goes to run_config.json.
 _LOG_LIMIT = 50
 _BATCH = 512
-UNREADABLE, NOT_AN_IMAGE = "unreadable", "not_an_image"
+UNREADABLE = "unreadable"
 
 
 @dataclass
@@ -35,8 +34,8 @@ class ImageCheckReport:
 
     Attributes:
         skipped_files (`list[dict]`): one `{"file", "split", "kind", "reason"}` per file left out of the run: kind
-            `unreadable` (an image that cannot be decoded) or `not_an_image` (local folders: a file imagefolder
-            ignores, e.g. `notes.txt` in a class folder; its split is `None`).
+            `unreadable` (an image that cannot be decoded), `not_an_image` (local folders: e.g. `notes.txt` in a
+            class folder) or `bad_file_name` (a name that is not valid UTF-8).
         empty_class_folders (`list[str]`): folders beside the class folders that hold no image at all.
         num_checked (`int`): images decoded.
         seconds (`float`): wall time of the scan.
@@ -54,7 +53,7 @@ class ImageCheckReport:
             "checked": self.num_checked,
             "skipped": len(self.skipped_files),
             "unreadable_images": unreadable,
-            "non_image_files": len(self.skipped_files) - unreadable,
+            "non_image_files": sum(1 for entry in self.skipped_files if entry["kind"] == NOT_AN_IMAGE),
             "empty_class_folders": self.empty_class_folders,
             "seconds": round(self.seconds, 3),
         }
@@ -106,40 +105,14 @@ def find_unreadable_images(dataset: Any, image_column: str, num_threads: int | N
     return failures
 
 
-def _folder_leftovers(root: str, used_files: set[str]) -> tuple[list[str], list[str]]:
-    """Files inside class folders that imagefolder did not load, and class-level folders holding no used image."""
-    ignored, class_dirs = [], set()
-    for path in used_files:
-        class_dirs.add(os.path.dirname(path))
-    parents = {os.path.dirname(d) for d in class_dirs}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if os.path.realpath(dirpath) == os.path.realpath(root):
-            continue  # README/SOURCE files next to the class folders are not part of any class
-        for name in sorted(filenames):
-            path = os.path.realpath(os.path.join(dirpath, name))
-            if name.startswith(".") or name in _METADATA_FILES or path in used_files:
-                continue
-            ignored.append(path)
-    empty = []
-    for parent in sorted(parents):
-        for entry in sorted(os.listdir(parent)):
-            path = os.path.realpath(os.path.join(parent, entry))
-            if entry.startswith(".") or not os.path.isdir(path) or path in class_dirs:
-                continue
-            if not any(p.startswith(path + os.sep) for p in used_files):
-                empty.append(path)
-    return ignored, empty
-
-
-def drop_unreadable_images(raw: Any, image_column: str, local_root: str | None = None) -> tuple[Any, ImageCheckReport]:
+def drop_unreadable_images(raw: Any, image_column: str, layout: FolderLayout | None = None) -> tuple[Any, ImageCheckReport]:
     """Scans every split of `raw` and returns it without the images that cannot be decoded.
 
     Args:
         raw (`datasets.DatasetDict`): the loaded dataset.
         image_column (`str`): its image column.
-        local_root (`str`, *optional*): the ImageFolder directory it came from, to also list ignored non-image
-            files and empty class folders.
+        layout (`FolderLayout`, *optional*): the listing of the local folder it came from, whose skipped files and
+            empty class folders the report takes over.
 
     Returns:
         `(datasets.DatasetDict, ImageCheckReport)`.
@@ -149,7 +122,6 @@ def drop_unreadable_images(raw: Any, image_column: str, local_root: str | None =
     start = time.perf_counter()
     report = ImageCheckReport()
     cleaned = {}
-    used_files: set[str] = set()
     for split_name, split in raw.items():
         failures = find_unreadable_images(split, image_column)
         if failures and len(failures) == len(split):
@@ -165,15 +137,9 @@ def drop_unreadable_images(raw: Any, image_column: str, local_root: str | None =
             {"file": file, "split": split_name, "kind": UNREADABLE, "reason": reason} for _, file, reason in failures
         ]
         cleaned[split_name] = split.select([i for i in range(len(split)) if i not in bad_rows]) if bad_rows else split
-        if local_root is not None:
-            paths = split.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
-            used_files |= {os.path.realpath(v["path"]) for v in paths[image_column] if v.get("path")}
-    if local_root is not None:
-        ignored, report.empty_class_folders = _folder_leftovers(local_root, used_files)
-        report.skipped_files += [
-            {"file": path, "split": None, "kind": NOT_AN_IMAGE, "reason": "not an image file type: imagefolder ignores it"}
-            for path in ignored
-        ]
+    if layout is not None:
+        report.skipped_files += layout.skipped
+        report.empty_class_folders = list(layout.empty_class_folders)
     report.seconds = time.perf_counter() - start
     _log(report)
     return datasets.DatasetDict(cleaned), report

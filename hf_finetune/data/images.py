@@ -2,7 +2,7 @@
 where the transform allows, downscaled) images and of finished evaluation tensors, within a byte budget.
 
 `open_image` decodes an undecoded `datasets.Image` value (path or bytes); `to_rgb` turns any PIL mode (grayscale,
-palette, alpha, 16-bit) into 8-bit RGB the way every consumer needs it (training, the image check, the feature pass,
+palette, alpha, 16-bit) into upright (EXIF orientation applied) 8-bit RGB the way every consumer needs it (training, the image check, the feature pass,
 the demo). Small datasets are read every epoch; decoding a 2592x1944 JPEG to train on a 224x224 crop wastes most
 of a CPU step. Training images are kept downscaled so that even the smallest random-resized crop still
 has at least the model's input resolution (JPEGs are decoded at reduced scale with `draft`). Validation
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,25 @@ class DecodeCache:
         return len(self._store)
 
 
+# EXIF tag 274: how the camera held the sensor. 1 (or no tag) means the pixels are stored upright.
+_ORIENTATION = 274
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Applies the EXIF orientation (a phone photo taken sideways is stored sideways with a rotate tag).
+
+    `datasets` applies it when it decodes an image, a raw `Image.open` does not: every path (training, evaluation,
+    the image check, the feature pass, the demo) goes through `to_rgb`, which calls this, so all of them see the same
+    pixels. The transposed image carries no orientation tag any more, so calling this twice is harmless.
+    """
+    if image.getexif().get(_ORIENTATION, 1) == 1:
+        return image  # exif_transpose would copy the image even when there is nothing to do
+    return ImageOps.exif_transpose(image)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts any PIL mode (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB."""
+    """Converts any PIL mode (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB, upright (EXIF orientation)."""
+    image = upright(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):

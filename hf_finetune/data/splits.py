@@ -10,6 +10,7 @@ The test split is never used for any decision; it is evaluated once, at the end.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from hf_finetune.config.sources import DataArguments
 from hf_finetune.data.check import drop_unreadable_images
+from hf_finetune.data.layout import FolderLayout, layout_to_datasets, scan_image_folder
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ class DataSplits:
         labels (`list[str]`): class names; label id i is `labels[i]`.
         provenance (`dict`): which split came from where, recorded in `run_config.json`.
         skipped_files (`list[dict]`): files left out of the run and why (see `image_check`).
+        fingerprint (`dict`): per split of the source, what identifies its data (a local folder: image count, bytes
+            and a hash of every file's path, size and modification time; a Hub dataset: rows and `datasets`'
+            fingerprint). A resumed run compares it with the one it recorded.
     """
 
     train: Any
@@ -41,6 +46,7 @@ class DataSplits:
     labels: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
     skipped_files: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -61,8 +67,6 @@ def _load_raw(data_args: DataArguments):
     import datasets
 
     source = data_args.dataset
-    if os.path.isdir(source):
-        return datasets.load_dataset("imagefolder", data_dir=source)
     if os.path.exists(source):
         raise ValueError(f"`--dataset` {source!r} is a file; pass an ImageFolder directory or a Hub dataset id.")
     try:
@@ -189,41 +193,51 @@ def _stratified_split(dataset: Any, fraction: float, seed: int, what: str, label
     n_classes = len(counts)
     n_held = round(len(dataset) * fraction)
     if n_held < n_classes or len(dataset) - n_held < n_classes:
-        raise ValueError(
-            f"Cannot hold out a stratified {what} split: {len(dataset)} images over {n_classes} classes give "
-            f"{n_held} held-out images, fewer than one per class. Add images, raise `--{what}-fraction`, or provide "
-            f"a {what} split (a `{what if what != 'validation' else 'val'}/` folder)."
-        )
+        raise ValueError(_unsplittable_message(len(dataset), n_classes, n_held, fraction, what))
     parts = dataset.train_test_split(test_size=n_held, stratify_by_column="label", seed=seed)
     rest = datasets.concatenate_datasets([parts["train"], kept_aside]) if thin else parts["train"]
     return rest, parts["test"], thin_names
 
 
-def _load_dataset_dict(data_args: DataArguments) -> Any:
-    """`--dataset` as a `datasets.DatasetDict` that has a train split."""
+def _unsplittable_message(n_images: int, n_classes: int, n_held: int, fraction: float, what: str) -> str:
+    """Why a stratified split cannot be made, with advice that works: a `--{what}-fraction` only when one in range
+    would do, else the images per class it takes."""
+    folder = f"`{what if what != 'validation' else 'val'}/` folder"
+    needed = math.ceil(100 * n_classes / max(n_images, 1)) / 100
+    if needed < 0.5 and n_images - round(n_images * needed) >= n_classes:
+        fix = f"Pass `--{what}-fraction {needed}` (or more), add images, or provide a {what} split (a {folder})."
+    else:
+        fix = (
+            f"No `--{what}-fraction` (at most 0.5) can do it: train, validation and test each need an image of every "
+            f"class, so add images (at least 3 per class, better 10+; there are {n_images / max(n_classes, 1):.1f} on "
+            f"average), provide validation and test splits (`val/` and `test/` folders beside `train/`), or merge "
+            "classes."
+        )
+    return (
+        f"Cannot hold out a stratified {what} split: {n_images} images over {n_classes} classes give {n_held} "
+        f"held-out images at `--{what}-fraction` {fraction}, fewer than one per class. {fix}"
+    )
+
+
+def _load_dataset_dict(data_args: DataArguments) -> tuple[Any, FolderLayout | None]:
+    """`--dataset` as a `datasets.DatasetDict` that has a train split, and the folder listing of a local one."""
     import datasets
 
+    if os.path.isdir(data_args.dataset):
+        # Listed here, not by `imagefolder`: it takes splits from tokens in file names and labels from the deepest folder.
+        layout = scan_image_folder(data_args.dataset, data_args.label_depth)
+        return layout_to_datasets(layout), layout
     raw = _load_raw(data_args)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
     if "train" not in raw:
         raise ValueError(f"The dataset {data_args.dataset!r} has no 'train' split; it has {list(raw)}.")
-    return raw
+    return raw, None
 
 
 def _find_columns(raw: Any, data_args: DataArguments) -> tuple[str, str]:
     """(image column, label column): the ones the flags name, else the single column of each type."""
-    import datasets
-
     features = raw["train"].features
-    if os.path.isdir(data_args.dataset) and data_args.label_column is None and not any(
-        isinstance(feature, datasets.ClassLabel) for feature in features.values()
-    ):
-        # imagefolder infers labels from class sub-folders only when there are at least two of them.
-        raise ValueError(
-            f"The dataset {data_args.dataset!r} has a single class (one class sub-folder, or images directly in the "
-            "folder); classification needs at least 2 classes, one sub-folder of images per class."
-        )
     image_col = _pick_column(features, data_args.image_column, "image", "image-column")
     label_col = _pick_column(features, data_args.label_column, "label", "label-column")
     return image_col, label_col
@@ -284,13 +298,15 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         data_args (`DataArguments`): the data flags.
         seed (`int`): seed of the stratified splits.
     """
-    raw = _load_dataset_dict(data_args)
+    raw, layout = _load_dataset_dict(data_args)
+    fingerprint = layout.fingerprint() if layout is not None else _hub_fingerprint(raw)
     image_col, label_col = _find_columns(raw, data_args)
     raw = _as_class_label_column(_as_image_column(raw, image_col), label_col)
     image_check = None
+    skipped = list(layout.skipped) if layout is not None else []
     if data_args.check_images:
-        local_root = data_args.dataset if os.path.isdir(data_args.dataset) else None
-        raw, image_check = drop_unreadable_images(raw, image_col, local_root)
+        raw, image_check = drop_unreadable_images(raw, image_col, layout)
+        skipped = image_check.skipped_files
     raw, empty_classes = _drop_empty_classes(raw, label_col)
     labels = list(raw["train"].features[label_col].names)
     if len(labels) < 2:
@@ -299,6 +315,8 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
             "classes (one sub-folder per class)."
         )
     provenance: dict[str, Any] = {"source": data_args.dataset, "image_column": image_col, "label_column": label_col}
+    if layout is not None:
+        provenance["layout"] = layout.summary()
     if image_check is not None:
         provenance["image_check"] = image_check.summary()
     if empty_classes:
@@ -308,12 +326,39 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
     if train_only:
         provenance["train_only_classes"] = train_only
     splits = DataSplits(
-        train=train, validation=validation, test=test, labels=labels, provenance=provenance,
-        skipped_files=image_check.skipped_files if image_check is not None else [],
+        train=train, validation=validation, test=test, labels=labels, provenance=provenance, skipped_files=skipped,
+        fingerprint=fingerprint,
     )
     provenance["counts"] = splits.counts()
+    missing = _classes_missing_from_train(provenance["counts"], data_args)
+    if missing:
+        provenance["missing_train_classes"] = missing
     logger.info(
         "Data: %d train / %d validation / %d test images, %d classes %s",
         len(train), len(validation), len(test), len(labels), labels,
     )
     return splits
+
+
+def _hub_fingerprint(raw: Any) -> dict[str, dict[str, Any]]:
+    """Per split of a loaded (Hub) dataset: its rows and `datasets`' own fingerprint of its content."""
+    return {name: {"rows": len(split), "fingerprint": getattr(split, "_fingerprint", None)} for name, split in raw.items()}
+
+
+def _classes_missing_from_train(counts: dict[str, dict[str, int]], data_args: DataArguments) -> list[str]:
+    """Classes with validation/test images but no training image: refused, or (with the flag) a warning."""
+    missing = [name for name, count in counts["train"].items() if count == 0]
+    if not missing:
+        return []
+    where = {name: [s for s in ("validation", "test") if counts[s][name]] for name in missing}
+    if not data_args.allow_missing_train_classes:
+        raise ValueError(
+            f"Class(es) {missing} have no training image (only {where}): the model cannot learn them and would score "
+            "F1 0 on them. Add training images for them (e.g. train/<class>/), remove them from the validation/test "
+            "folders, or pass `--allow-missing-train-classes` to train without them anyway."
+        )
+    logger.warning(
+        "--allow-missing-train-classes: class(es) %s have no training image (only %s); the model never predicts "
+        "them correctly, and their F1 is 0.", missing, where,
+    )
+    return missing

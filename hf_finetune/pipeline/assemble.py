@@ -29,7 +29,9 @@ from hf_finetune.data.mixing import BatchMixer
 from hf_finetune.data.splits import DataSplits, load_splits
 from hf_finetune.data.transforms import attach_transforms, collate
 from hf_finetune.evaluation.metrics import compute_metrics
-from hf_finetune.pipeline.record import argument_sections, check_output_dir, command_line
+from hf_finetune.pipeline.output_dir import check_output_location
+from hf_finetune.pipeline.record import argument_sections, check_output_dir, check_resume_integrity, command_line
+from hf_finetune.probing.feature_cache import checkpoint_fingerprint
 from hf_finetune.recipe.prepare import PreparedRecipe, load_model, prepare_recipe
 from hf_finetune.recipe.resolve import RunArguments
 from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, unfreeze_units
@@ -142,6 +144,7 @@ def resume_point(arguments: RunArguments, check_output: bool) -> tuple[str | Non
             raise ValueError(f"--resume-from-checkpoint was given but {output_dir!r} holds no checkpoint-* folder to resume from.")
     previous: dict[str, Any] = {}
     if check_output:
+        check_output_location(output_dir, arguments.model.model, arguments.data.dataset, arguments.finetune.overwrite_output_dir)
         # The flags as given, before the advisor decides the undecided ones: what a same-command resume compares.
         resume = check_output_dir(
             output_dir, arguments.model, arguments.data, arguments.finetune.overwrite_output_dir, bool(resume),
@@ -176,7 +179,15 @@ def prepare_run(
     set_seed(training_args.seed)
     if splits is None:
         splits = load_splits(data_args, seed=training_args.seed)
+    if resume:
+        check_resume_integrity(previous, splits.fingerprint, {}, training_args.output_dir)
     model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed, finetune_args.truncate_after)
+    # The weights actually loaded: a local folder's files, or the Hub commit transformers resolved the revision to.
+    model_fingerprint = checkpoint_fingerprint(
+        model_args.model, model_args.revision, commit=getattr(model.config, "_commit_hash", None), cache_dir=model_args.cache_dir
+    )
+    if resume:
+        check_resume_integrity(previous, {}, model_fingerprint, training_args.output_dir)
     # Cached feature pass, advisor plan (decides every undecided argument), linear-probe baseline, head init.
     prepared = prepare_recipe(model, processor, splits, requested, previous.get("recipe"))
     arguments, model = prepared.arguments, prepared.model
@@ -199,6 +210,8 @@ def prepare_run(
         "truncation": truncation_of(model),
         "train_stages": train_stages,
         "resumed_from": resume,
+        "data_fingerprint": splits.fingerprint,
+        "model_fingerprint": model_fingerprint,
         "share": dataclasses.asdict(share_args),
         "requested": json.loads(json.dumps(argument_sections(requested), default=str)),
         **prepared.record,

@@ -2,7 +2,7 @@
 
 `write_run_config` records every resolved argument, the seeds, library versions and the command; `check_output_dir`
 decides what to do with an `--output-dir` that already holds a run (refuse, start over, or continue from its last
-checkpoint when the same command is run again).
+checkpoint when the same command is run again); `check_resume_integrity` refuses to continue on changed data or weights.
 """
 
 from __future__ import annotations
@@ -40,21 +40,78 @@ def library_versions() -> dict[str, str]:
 
 
 # Recorded arguments that may differ between an interrupted run and the command that continues it.
-# Arguments that do not change what is trained (data-loading workers follow the machine a run continues on).
+# Arguments that do not change what is trained (data-loading workers follow the machine a run continues on; logging,
+# progress bars and the final upload are applied as given).
 _RESUME_NEUTRAL = frozenset(
-    {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers", "dataloader_pin_memory"}
+    {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers", "dataloader_pin_memory",
+     "dataloader_persistent_workers", "dataloader_prefetch_factor", "report_to", "logging_steps", "logging_first_step", "push_to_hub",
+     "hub_model_id", "hub_private_repo", "per_device_eval_batch_size"}
 )
 
 
 def _changed_arguments(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`section.name` of every recorded argument whose value differs between two run_config payloads."""
+    """`section.name (old -> new)` of every recorded argument whose value differs between two run_config payloads."""
     changed = []
     for section in ("model", "data", "finetune", "training"):
         before, now = previous.get(section, {}), json.loads(json.dumps(current.get(section, {}), default=str))
         for name in sorted(set(before) | set(now)):
             if name not in _RESUME_NEUTRAL and before.get(name) != now.get(name):
-                changed.append(f"{section}.{name}")
+                changed.append(f"{section}.{name} ({before.get(name)!r} -> {now.get(name)!r})")
     return changed
+
+
+def _check_explicit_resume(output_dir: str, previous: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """`--resume-from-checkpoint` continues a run with the flags it was started with: the checkpoint restores the
+    optimizer, its learning rates and the schedule, so a changed training flag would be recorded but not applied."""
+    changed = _changed_arguments(previous.get("requested", previous), arguments)
+    if changed:
+        raise ValueError(
+            f"--resume-from-checkpoint continues the run in {output_dir!r} as it was started, but these flags differ "
+            f"from the recorded ones: {', '.join(changed)}. The checkpoint restores the optimizer state, learning "
+            "rates and schedule, so they would be recorded without being applied. Rerun with the recorded values "
+            "(see run_config.json `requested`) to continue, or start a new run with the new ones (another "
+            "--output-dir, or --overwrite-output-dir without --resume-from-checkpoint)."
+        )
+
+
+def check_resume_integrity(previous: dict[str, Any], data: dict[str, Any], model: dict[str, Any], output_dir: str) -> None:
+    """Refuses to continue a run whose data or model changed since it started (what changed is named).
+
+    Args:
+        previous (`dict`): the `run_config.json` of the run being continued.
+        data (`dict`): `DataSplits.fingerprint` of the data now.
+        model (`dict`): `checkpoint_fingerprint` of `--model` now.
+        output_dir (`str`): the run's folder, for the message.
+    """
+    # Compared as run_config.json stores them (tuples read back as lists).
+    data, model = json.loads(json.dumps(data, default=str)), json.loads(json.dumps(model, default=str))
+    before = previous.get("data_fingerprint")
+    if before and data and before != data:
+        changes = [
+            f"{split}: {_count(before.get(split))} -> {_count(data.get(split))}"
+            + ("" if _count(before.get(split)) != _count(data.get(split)) else " (same count; files changed, or their sizes or modification times)")
+            for split in sorted(set(before) | set(data))
+            if before.get(split) != data.get(split)
+        ]
+        raise ValueError(
+            f"The data changed since the run in {output_dir!r} started ({'; '.join(changes)}): continuing it would "
+            "mix two datasets (a new test image may already have been trained on, as part of the old train split). "
+            "Restore the data to continue, or start over on the new data with --overwrite-output-dir (or another "
+            "--output-dir)."
+        )
+    before_model = previous.get("model_fingerprint")
+    if before_model and model and before_model != model:
+        raise ValueError(
+            f"The `--model` weights changed since the run in {output_dir!r} started (recorded {before_model}, now "
+            f"{model}). Pass the recorded revision (`--revision`) or restore the checkpoint to continue, or start over "
+            "with --overwrite-output-dir (or another --output-dir)."
+        )
+
+
+def _count(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "absent"
+    return f"{entry.get('images', entry.get('rows'))} images" + (f", {entry['bytes']} bytes" if "bytes" in entry else "")
 
 
 def check_output_dir(
@@ -70,20 +127,25 @@ def check_output_dir(
     A different run (model or dataset) is refused unless told to overwrite or resume; a finished run of the same
     model and dataset is refused too. An unfinished one (interrupted, killed, failed) continues from its last
     complete checkpoint when `arguments` (the `run_config.json` sections of this invocation) match the recorded
-    ones, and starts over when it left no checkpoint.
+    ones, and starts over when it left no checkpoint. `--resume-from-checkpoint` (`resuming`) is refused when a
+    training flag differs from the recorded ones: the checkpoint would silently override it.
     """
     config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
-    if resuming or not os.path.isfile(config_path):
-        return None
-    if overwrite:
-        # Asked for explicitly: old checkpoints would otherwise be picked up by resume and checkpoint rotation.
-        for entry in os.listdir(output_dir):
-            if entry.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, entry)):
-                shutil.rmtree(os.path.join(output_dir, entry))
-        logger.warning("--overwrite-output-dir: replacing the run in %s", output_dir)
+    if not os.path.isfile(config_path):
         return None
     with open(config_path) as f:
         previous = json.load(f)
+    if resuming:
+        _check_explicit_resume(output_dir, previous, arguments or {})
+        return None
+    if overwrite:
+        # Asked for explicitly: old checkpoints would otherwise be picked up by resume and checkpoint rotation. Only
+        # this run's checkpoint folders go (the folder holds our run_config.json); nothing else is deleted.
+        removed = sorted(e for e in os.listdir(output_dir) if e.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, e)))
+        for entry in removed:
+            shutil.rmtree(os.path.join(output_dir, entry))
+        logger.warning("--overwrite-output-dir: replacing the run in %s (removed its checkpoints: %s)", output_dir, removed or "none")
+        return None
     before = (previous.get("model", {}).get("model"), previous.get("data", {}).get("dataset"))
     if before != (model_args.model, data_args.dataset):
         raise ValueError(
@@ -105,8 +167,8 @@ def check_output_dir(
         raise ValueError(
             f"`--output-dir` {output_dir!r} holds an unfinished run of this model and dataset (last checkpoint "
             f"{checkpoint}), recorded with other values of: {', '.join(changed)}. Rerun with the recorded flags to "
-            f"continue it, pass --resume-from-checkpoint {checkpoint} to continue it with the new ones (the "
-            "checkpoint's optimizer state and learning rates carry over), or --overwrite-output-dir to start over."
+            "continue it (a checkpoint restores the optimizer state, learning rates and schedule it was saved with), "
+            "or start over with the new ones: --overwrite-output-dir, or another --output-dir."
         )
     logger.warning(
         "%s holds this run, unfinished: continuing from %s (pass --overwrite-output-dir to start over instead).",

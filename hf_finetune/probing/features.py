@@ -129,8 +129,8 @@ def compute_split_features(
     model_keys = _tap_cache_keys(model, processor, taps, model_name_or_path, revision)
     root = cache_dir or default_feature_cache_dir()
     caches = {name: FeatureCache(root, key) for name, key in model_keys.items()} if use_cache else {}
-    stored = {name: caches[name].load() if caches else {} for name in taps.names}
     keys_by_split = {name: image_keys(getattr(splits, name)) for name in SPLIT_NAMES}
+    stored = _validated_cache(taps, processor, splits, keys_by_split["train"][0], caches)
     computed, throughput = _forward_uncached(taps, processor, splits, keys_by_split, stored, caches, batch_size)
     if throughput is None and caches:
         throughput = caches[FeatureTaps.HEAD].load_throughput()  # measured by an earlier feature pass on this machine
@@ -165,6 +165,28 @@ def compute_split_features(
     return result
 
 
+def _validated_cache(
+    taps: FeatureTaps, processor: Any, splits: DataSplits, first_key: str, caches: dict[str, FeatureCache]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every tap's cached vectors, checked against the model: the first train image goes through it, shards of
+    another vector size are dropped (`FeatureCache.load`), and a tap whose cached vector of that image differs from
+    the one computed now is cleared (a stale or corrupted entry the key did not catch). One image: a negligible cost."""
+    if not caches:
+        return {name: {} for name in taps.names}
+    image = splits.train.with_format(None).select([0])["image"]
+    reference = taps.extract(processor, image, batch_size=1)
+    stored = {}
+    for name in taps.names:
+        vectors = caches[name].load(dim=reference[name].shape[1])
+        cached, fresh = vectors.get(first_key), reference[name][0]
+        scale = float(np.abs(fresh).max() or 1.0)
+        if cached is not None and not np.allclose(cached, fresh, rtol=1e-3, atol=1e-3 * scale):
+            caches[name].clear("its vector of a train image differs from what the model computes now")
+            vectors = caches[name].load()
+        stored[name] = vectors
+    return stored
+
+
 def _tap_cache_keys(
     model: torch.nn.Module, processor: Any, taps: FeatureTaps, model_name_or_path: str, revision: str | None
 ) -> dict[str, str]:
@@ -172,8 +194,11 @@ def _tap_cache_keys(
     # A truncated model's head reads another stage than the full model of the same checkpoint.
     truncation = getattr(getattr(model, "config", None), TRUNCATION_FIELD, None)
     suffix = [f"truncated:{json.dumps({k: truncation[k] for k in ('after', 'keep', 'identity', 'linear')}, sort_keys=True)}"] if truncation else []
+    # The commit transformers resolved `--revision` to when it loaded a Hub model: a moved `main` misses the cache.
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     return {
-        name: model_cache_key(model_name_or_path, revision, processor, taps.hook_points(name) + suffix) for name in taps.names
+        name: model_cache_key(model_name_or_path, revision, processor, taps.hook_points(name) + suffix, commit)
+        for name in taps.names
     }
 
 
