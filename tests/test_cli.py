@@ -135,3 +135,13 @@ def test_yaml_config_file(tmp_path, tiny_checkpoint, image_folder):
     model_args, data_args, finetune_args, training_args, _ = parse_args([str(config)])
     assert finetune_args.strategy == "top_k" and finetune_args.top_k == 1
     assert training_args.num_train_epochs == 2 and data_args.dataset == str(image_folder)
+
+
+def test_the_cli_shows_the_library_info_lines():
+    import logging
+
+    from hf_finetune.cli.main import _configure_logging
+
+    _configure_logging()
+    for module in ("hf_finetune.probing.linear_probe", "hf_finetune.recipe.prepare", "hf_finetune.pipeline.run"):
+        assert logging.getLogger(module).getEffectiveLevel() == logging.INFO

@@ -18,7 +18,8 @@ from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.config.sources import DataArguments, ModelArguments
 from hf_finetune.config.training import FinetuneTrainingArguments, ShareArguments, check_argument_combinations
 
-logger = logging.getLogger(__name__)
+# The package logger: the CLI shows the INFO lines of every hf_finetune module (the recipe, the probe, the card).
+logger = logging.getLogger("hf_finetune")
 
 # Exit codes of `python -m hf_finetune` (2 = bad input, set by the CLI).
 EXIT_FAILED = 1
@@ -93,6 +94,9 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": ".demo:demo_main",
     "lr-find": ".lr_find:main",
     "probe": ".probe:probe_main",
+    "predict": ".predict:predict_main",
+    "export": ".export:export_main",
+    "compare": ".compare:compare_main",
 }
 
 

@@ -242,6 +242,31 @@ class FinetuneArguments:
             "linear layers of the blocks for CNNs)."
         },
     )
+    tta: bool = field(
+        default=False,
+        metadata={
+            "help": "Test-time augmentation: also evaluate the test split with the logits averaged over the image, its "
+            "mirror image and three crops (test_report.json `tta`, beside the plain numbers, which stay what "
+            "`pipeline` returns). `python -m hf_finetune predict --tta` predicts the same way."
+        },
+    )
+    interpret_split: str = field(
+        default="test",
+        metadata={
+            "help": "Split of the top-losses gallery and the most-confused class pairs: test, or validation for "
+            "iterating without looking at test images.",
+            "choices": ["test", "validation"],
+        },
+    )
+    calibrate: bool = field(
+        default=False,
+        metadata={
+            "help": "Temperature scaling: fit T on the validation split and divide the head's last linear layer by it, "
+            "so the saved model returns calibrated probabilities (argmax unchanged); T and the ECE before/after go to "
+            "test_report.json `calibration` (the ECE and reliability diagram are reported either way). Off by "
+            "default: no measured gain yet (docs/benchmarks.md)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in (AUTO, *STRATEGIES):

@@ -33,6 +33,7 @@ from hf_finetune.config.files import (
     TRAINING_CURVES_FILE,
 )
 from hf_finetune.evaluation.plots import plot_lr_schedule, plot_training_curves, stage_lr_history
+from hf_finetune.sharing.card_after_training import after_training_context
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,19 @@ def _baseline_context(baseline: Any, report: dict[str, Any]) -> dict[str, Any] |
     return {"rows": rows, "extras": extras}
 
 
+def _selection_context(selection: Any) -> dict[str, Any] | None:
+    """Which model the run kept after its fine-tune (probe, fine-tune or their interpolation) and on what estimate."""
+    if not isinstance(selection, dict) or "chosen" not in selection:
+        return None
+    rows = [
+        {"alpha": f"{c['alpha']:g}", "macro_f1": _fmt(c.get("validation_macro_f1")), "std": _fmt(c.get("bootstrap_std")),
+         "loss": _fmt(c.get("validation_loss")), "kept": c["alpha"] == selection.get("alpha")}
+        for c in selection.get("candidates", [])
+    ]
+    return {"chosen": selection["chosen"].replace("_", " "), "alpha": selection.get("alpha"),
+            "estimate": selection.get("estimate", ""), "reason": selection.get("reason", ""), "rows": rows}
+
+
 def _card_identity(config: dict[str, Any], output_dir: str, repo_id: str | None, license: str | None) -> dict[str, Any]:
     """What the card is about: the model's name and repository, its base model, its dataset and its licence.
 
@@ -317,6 +331,7 @@ def _card_context(
         truncation=config.get("truncation"),
         stage_probe=((config.get("recipe") or {}).get("measurements") or {}).get("stage_probe"),
         baseline=_baseline_context(report.get("baseline"), report),
+        selection=_selection_context(config.get("model_selection")),
         seeds=config.get("seeds", {}),
         versions=config.get("versions", {}),
         command=" ".join(config.get("command", [])),
@@ -327,6 +342,7 @@ def _card_context(
         full_config=json.dumps(config, indent=2, default=str),
         examples=sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else [],
         examples_dir=EXAMPLES_DIR,
+        **after_training_context(output_dir, report),  # calibration, mistakes, TTA, ONNX export
     )
 
 
