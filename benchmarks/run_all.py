@@ -5,6 +5,8 @@ Methods (each in its own process, so peak memory is its own):
               (benchmarks/plain_recipe.py: full fine-tune, AdamW 2e-5, 5 epochs, batch 8, RandomResizedCrop + flip,
               best checkpoint on validation accuracy); no hf_finetune code in its training path
     probe     `--strategy linear_probe`: hf_finetune's logistic regression on cached frozen features
+    probe-cv  the standard probe a reviewer would run: scikit-learn `StandardScaler` + `LogisticRegressionCV` (10 Cs,
+              C by stratified 5-fold CV on train) on the same pooled head features; no hf_finetune decision in it
     fastai    fastai `fine_tune`-style through hf_finetune flags: one head-only epoch (random head, one-cycle), then
               every stage at once for 4 epochs with discriminative LRs from lr/100 (lowest stage) to lr (top stage),
               BatchNorm trained, fastai's weight decay 0.01 and head dropout 0.25
@@ -12,9 +14,9 @@ Methods (each in its own process, so peak memory is its own):
 
 Every hf_finetune run starts from an EMPTY feature cache, so the feature pass it needs is in its wall time.
 
-Datasets with more training images than `--max-train-images` are cut to a stratified subset of that size (default 200) (the same
-images for every method and seed; validation and test splits stay whole), built as a folder of symbolic links under
-`--work-dir`. This keeps the whole benchmark within an hour on a 2-core CPU machine.
+Datasets named in `--subsample` are cut to a stratified training subset of the given size (default:
+pneumoniamnist=200; the same images for every method and seed; validation and test splits stay whole), built as a
+folder of symbolic links under `--work-dir`. hymenoptera (245) and eurosat (1000) are used whole.
 
     python benchmarks/run_all.py                      # everything: ~50 min on 2 CPU cores
     python benchmarks/run_all.py --seeds 0 --methods plain auto --models efficientnet_lite0   # a slice
@@ -44,7 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared").is_dir() else Path("/work/shared")
-METHODS = ("plain", "probe", "fastai", "auto")
+METHODS = ("plain", "probe", "probe-cv", "fastai", "auto")
 # fastai's fine_tune: discriminative LRs span a factor of 100 from the lowest layer group to the top one.
 FASTAI_LR, FASTAI_HEAD_LR, FASTAI_LR_SPAN = 1e-3, 2e-3, 100.0
 
@@ -58,12 +60,12 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     return {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted(split_dir.iterdir()) if c.is_dir()}
 
 
-def prepared_dataset(source: Path, max_train: int, work_dir: Path) -> tuple[Path, dict[str, Any]]:
+def prepared_dataset(source: Path, max_train: int | None, work_dir: Path) -> tuple[Path, dict[str, Any]]:
     """`source` itself, or a folder of links to a stratified subset of its `train/` with the other splits whole."""
     train = _class_files(source / "train")
     total = sum(len(files) for files in train.values())
     info = {"source": str(source), "train_images": total}
-    if total <= max_train:
+    if max_train is None or total <= max_train:
         return source, info
     import random
 
@@ -170,6 +172,28 @@ def _test_scorer(model_path: str, test_split: Any, bf16: bool) -> Any:
     return score
 
 
+def _standard_probe(model_path: str, dataset: str, splits: Any, seed: int, cache: str) -> tuple[float, float, dict[str, Any]]:
+    """`LogisticRegressionCV` on the pooled head features (the same feature pass as hf_finetune's), fitted on train."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from hf_finetune import load_model_and_processor
+    from hf_finetune.probing.features import compute_split_features
+
+    model, processor = load_model_and_processor(model_path, splits.id2label)
+    features = compute_split_features(model, processor, splits, model_name_or_path=model_path, cache_dir=cache)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=folds, max_iter=2000, random_state=seed))
+    probe.fit(features.train.features, features.train.labels)
+    predicted = probe.predict(features.test.features)
+    labels = features.test.labels
+    return float(accuracy_score(labels, predicted)), float(f1_score(labels, predicted, average="macro")), {
+        "C": float(probe[-1].C_[0]), "feature_pass": features.summary()}
+
+
 def fastai_flags(model_path: str) -> list[str]:
     """hf_finetune flags that reproduce fastai's `fine_tune(4, freeze_epochs=1)` as closely as its options allow."""
     from hf_finetune import load_model_and_processor
@@ -213,7 +237,9 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     num_train = len(splits.train)
     started = time.perf_counter()
     callbacks, record = _callbacks(num_train, score, started, job.get("target_macro_f1"))
-    if method == "plain":
+    if method == "probe-cv":
+        accuracy, macro_f1, extra = _standard_probe(model_path, dataset, splits, seed, job["feature_cache"])
+    elif method == "plain":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from plain_recipe import run_plain
 
@@ -232,8 +258,11 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
         accuracy, macro_f1 = result.test_report["accuracy"], result.test_report["macro_f1"]
         config = json.loads((Path(out) / "run_config.json").read_text())
         features = config.get("features") or {}
+        selection = config.get("model_selection") or {}
         extra = {"strategy": result.arguments.finetune.strategy, "epochs_run": config.get("epochs_run"),
-                 "case": (config.get("recipe") or {}).get("case"), "feature_pass": features}
+                 "case": (config.get("recipe") or {}).get("case"), "feature_pass": features,
+                 "kept": selection.get("chosen") or ("linear_probe" if result.arguments.finetune.strategy == "linear_probe" else "fine_tune"),
+                 "alpha": selection.get("alpha")}
         if features.get("images_per_second"):
             record["phases"]["feature pass"] = {"images_per_second": features["images_per_second"]}
     wall = time.perf_counter() - started - record["excluded"]
@@ -296,6 +325,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "test_accuracy": _stats([r["test_accuracy"] for r in rs]), "test_macro_f1": _stats([r["test_macro_f1"] for r in rs]),
             "wall_seconds": _stats([r["wall_seconds"] for r in rs]), "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
             "images_per_second": {name: round(statistics.mean(v), 1) for name, v in phases.items()},
+            **({"kept": {k: sum(r.get("kept") == k for r in rs) for k in sorted({r.get("kept") for r in rs} - {None})}}
+               if method == "auto" else {}),
         })
     # Time to quality: the wall time the default (auto) takes to first reach the plain recipe's final test macro-F1
     # (same model, dataset and seed), as a share of the plain recipe's total wall time.
@@ -324,13 +355,14 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Benchmark of {payload['date']} on {payload['machine']}; seeds {payload['seeds']}; "
         f"`python benchmarks/run_all.py {' '.join(payload['argv'])}`".rstrip(),
         "",
-        "| dataset | model | method | test acc | test macro-F1 | wall s | images/s per phase | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | model | method | test acc | test macro-F1 | wall s | images/s per phase | peak RSS MiB | kept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["summary"]["table"]:
         speed = ", ".join(f"{k} {v:g}" for k, v in row["images_per_second"].items())
         lines.append(f"| {row['dataset']} | {row['model']} | {row['method']} | {_fmt(row['test_accuracy'])} | "
-                     f"{_fmt(row['test_macro_f1'])} | {_fmt(row['wall_seconds'], 0)} | {speed} | {row['peak_rss_mib']:.0f} |")
+                     f"{_fmt(row['test_macro_f1'])} | {_fmt(row['wall_seconds'], 0)} | {speed} | {row['peak_rss_mib']:.0f} | "
+                     f"{', '.join(f'{k} {n}' for k, n in row.get('kept', {}).items())} |")
     ttq = payload["summary"]["time_to_quality"]
     if ttq:
         lines += ["", "Time to quality: wall time of `auto` to first reach the plain recipe's final test macro-F1 "
@@ -355,7 +387,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     rows = payload["summary"]["table"]
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
-    colours = dict(zip(METHODS, ("tab:grey", "tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(METHODS, ("tab:grey", "tab:blue", "tab:purple", "tab:orange", "tab:green")))
     markers = dict(zip(sorted({r["model"] for r in rows}), "os^Dv"))
     for ax, dataset in zip(axes[0], datasets):
         for r in (r for r in rows if r["dataset"] == dataset):
@@ -380,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="*", help="dataset folder names under <shared>/data (default: all)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--max-train-images", type=int, default=200, help="larger training splits are subsampled")
+    parser.add_argument("--subsample", nargs="*", default=["pneumoniamnist=200"], metavar="DATASET=N",
+                        help="datasets whose training split is cut to a stratified subset of N images")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every method (GPU)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "benchmark"), help="results path stem")
     parser.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "work"), help="runs, logs, data subsets")
@@ -401,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, kind in [(m, "models") for m in models] + [(d, "data") for d in dataset_names]:
         if not (shared / kind / name).is_dir():
             parser.error(f"{shared / kind / name} does not exist: check --shared and the names given")
-    datasets = {name: prepared_dataset(shared / "data" / name, options.max_train_images, work) for name in dataset_names}
+    subsample = {name: int(n) for name, _, n in (entry.partition("=") for entry in options.subsample)}
+    datasets = {name: prepared_dataset(shared / "data" / name, subsample.get(name), work) for name in dataset_names}
     json_path, md_path, png_path = (Path(options.output + ext) for ext in (".json", ".md", ".png"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     runs = [] if options.fresh or not json_path.is_file() else json.loads(json_path.read_text())["runs"]

@@ -23,13 +23,16 @@ from hf_finetune.probing.stage_probe import StageProbe, probe_stages
 from hf_finetune.recipe.advisor import RecipePlan, plan_recipe
 from hf_finetune.recipe.measure import DatasetMeasurements, measure_dataset
 from hf_finetune.recipe.resolve import RunArguments
+from hf_finetune.sharing.export import export_onnx
 from hf_finetune.sharing.hub import PushResult, push_to_hub
+from hf_finetune.sharing.predict import predict_images
 from hf_finetune.sharing.model_card import build_model_card, write_model_card
 from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, set_trainable_stages, unfreeze_units
 from hf_finetune.training.callbacks.interrupt import InterruptCallback, NonFiniteLossError, TrainingInterrupted
 from hf_finetune.training.callbacks.monitor import GapMonitorCallback, TrainPredictionLog
 from hf_finetune.training.callbacks.plateau import PlateauLRCallback
 from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback
+from hf_finetune.training.interpolation import interpolate_state
 from hf_finetune.training.lora import apply_lora, save_lora_model
 from hf_finetune.training.lr_find import lr_range_test
 from hf_finetune.training.param_groups import build_param_groups, stage_learning_rates
@@ -76,6 +79,7 @@ __all__ = [
     "compute_metrics",
     "compute_split_features",
     "drop_unreadable_images",
+    "export_onnx",
     "extract_features",
     "fit_linear_probe",
     "load_model_and_processor",
@@ -84,7 +88,9 @@ __all__ = [
     "lr_range_test",
     "measure_dataset",
     "no_weight_decay_names",
+    "interpolate_state",
     "plan_recipe",
+    "predict_images",
     "probe_stages",
     "prepare_run",
     "push_to_hub",

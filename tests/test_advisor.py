@@ -253,35 +253,36 @@ def test_a_resume_keeps_the_plan_of_the_first_attempt(tiny_checkpoint, tmp_path)
     assert decided.finetune.truncate_after == "blocks.0" and truncation_of(resumed.model)["after"] == "blocks.0"
 
 
-def test_probe_wins_only_for_an_advisor_strategy_with_a_better_validation_score():
+def test_interpolation_only_after_an_advisor_chosen_fine_tune_from_the_probe_head():
     from types import SimpleNamespace
 
     from hf_finetune.recipe.advisor import Choice
-    from hf_finetune.recipe.prepare import PreparedRecipe, probe_wins
+    from hf_finetune.recipe.prepare import PreparedRecipe, interpolates
 
     def prepared(source):
         plan = SimpleNamespace(choices={"strategy": Choice("full", "why", source)})
         return PreparedRecipe(model=None, plan=plan, probe=SimpleNamespace(validation_macro_f1=0.9))
 
-    args = SimpleNamespace(peft="none")
-    assert probe_wins(prepared("advisor"), args, 0.8)
-    assert not probe_wins(prepared("advisor"), args, 0.9)  # a tie keeps the fine-tune
-    assert not probe_wins(prepared("flag"), args, 0.8)  # --strategy given: the user asked for a fine-tune
-    assert not probe_wins(prepared("advisor"), SimpleNamespace(peft="lora"), 0.8)
-    assert not probe_wins(prepared("advisor"), args, None)  # best model chosen on another metric
-    assert not probe_wins(PreparedRecipe(model=None), args, 0.8)  # no plan, no probe
+    args = SimpleNamespace(peft="none", head_init="probe")
+    assert interpolates(prepared("advisor"), args)
+    assert not interpolates(prepared("flag"), args)  # --strategy given: the user asked for a fine-tune
+    assert not interpolates(prepared("advisor"), SimpleNamespace(peft="lora", head_init="probe"))
+    assert not interpolates(prepared("advisor"), SimpleNamespace(peft="none", head_init="random"))
+    assert not interpolates(PreparedRecipe(model=None), args)  # no plan, no probe
 
 
 def test_a_fine_tune_that_never_beats_its_probe_start_saves_the_probe(tiny_checkpoint, tmp_path, monkeypatch):
-    import hf_finetune.pipeline.run as run_module
+    import hf_finetune.pipeline.select as select_module
 
-    real = run_module.probe_wins
+    real = select_module._scores
 
-    def probe_scored_higher(prepared, finetune_args, best):
-        prepared.probe.validation_macro_f1 = 2.0  # above any fine-tuned checkpoint's validation macro-F1
-        return real(prepared, finetune_args, best)
+    def probe_scored_higher(logits, labels, rng):
+        macro_f1, loss, spread = real(logits, labels, rng)
+        scored.append(macro_f1)
+        return (2.0 if len(scored) == 1 else macro_f1), loss, spread  # alpha 0 (the probe start) is scored first
 
-    monkeypatch.setattr(run_module, "probe_wins", probe_scored_higher)
+    scored: list[float] = []
+    monkeypatch.setattr(select_module, "_scores", probe_scored_higher)
     folder = _gray_folder(tmp_path / "gray")
     out = tmp_path / "out"
     argv = ["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out),
@@ -289,7 +290,12 @@ def test_a_fine_tune_that_never_beats_its_probe_start_saves_the_probe(tiny_check
     assert main(argv) == 0
     config = json.loads((out / "run_config.json").read_text())
     assert config["finetune"]["strategy"] == "head_then_unfreeze" and config["epochs_run"] == 1
-    assert config["model_selection"]["chosen"] == "linear_probe"
+    selection = config["model_selection"]
+    assert selection["chosen"] == "linear_probe" and selection["alpha"] == 0.0
+    assert [c["alpha"] for c in selection["candidates"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    card = (out / "README.md").read_text()
+    assert "### Model kept: linear probe" in card and "| 0 | 2.0000 |" in card  # the rigged probe score, kept
     report = json.loads((out / "test_report.json").read_text())
-    # The evaluated (and saved) model is the probe: its test predictions are the baseline's.
+    # The evaluated (and saved) model is the probe refitted on train + validation: its test predictions are the
+    # baseline's.
     assert report["confusion_matrix"] == report["baseline"]["confusion_matrix"]

@@ -86,23 +86,51 @@ def test_probe_written_into_the_head_reproduces_the_probe(kind, loaded, tmp_path
     features = compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
     report, probe = baseline_report(features, splits.labels)
     assert report["seconds"] < 30 and report["C"] in probe.candidates
-    write_probe_into_head(model, probe)
     images = list(splits.test.with_format(None)["image"])
     model.eval()
-    with torch.no_grad():
-        logits = model(pixel_values=processor(images, return_tensors="pt")["pixel_values"]).logits.numpy()
-    assert np.allclose(logits, probe.logits(features.test.features), atol=1e-3)
-    assert (logits.argmax(1) == probe.predict(features.test.features)).all()
+    for full in (False, True):  # the train-only fit (a fine-tune's start) and the train + validation fit
+        write_probe_into_head(model, probe, full=full)
+        with torch.no_grad():
+            logits = model(pixel_values=processor(images, return_tensors="pt")["pixel_values"]).logits.numpy()
+        assert np.allclose(logits, probe.logits(features.test.features, full=full), atol=1e-3)
+        assert (logits.argmax(1) == probe.predict(features.test.features, full=full)).all()
 
 
-def test_probe_picks_c_on_validation_and_handles_binary_and_missing_classes():
+def test_probe_picks_c_by_cross_validation_and_handles_binary_and_missing_classes():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 2], 30)  # class 1 absent from train
     x = rng.normal(0, 1, (60, 5)) + (y[:, None] == 2) * 3.0
     train, validation = FeatureSet(x[::2], y[::2]), FeatureSet(x[1::2], y[1::2])
     probe = fit_linear_probe(train, validation, num_labels=3, c_grid=(0.01, 1.0))
-    assert set(probe.candidates) == {0.01, 1.0} and probe.validation_macro_f1 == max(probe.candidates.values())
-    predictions = probe.predict(x)
-    assert 1 not in predictions and (predictions == y).mean() > 0.95
+    assert set(probe.candidates) == {0.01, 1.0} and probe.folds == 5
+    assert probe.candidates[probe.C] == max(probe.candidates.values()) == probe.cv_macro_f1
+    assert probe.full_weight is not None and not np.array_equal(probe.full_weight, probe.weight)
+    for full in (False, True):
+        predictions = probe.predict(x, full=full)
+        assert 1 not in predictions and (predictions == y).mean() > 0.95
+    # Without folds, C is chosen on the validation split and nothing is fitted on it.
+    on_validation = fit_linear_probe(train, validation, num_labels=3, c_grid=(0.01, 1.0), folds=0)
+    assert on_validation.validation_macro_f1 == max(on_validation.candidates.values()) and on_validation.full_weight is None
     with pytest.raises(ValueError, match="at least 2 classes"):
         fit_linear_probe(FeatureSet(x[:5], np.zeros(5, dtype=int)), validation, num_labels=3)
+
+
+def test_the_cross_validated_probe_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 20)
+    x = rng.normal(0, 1, (60, 8)) + y[:, None] * 0.8
+    train, validation = FeatureSet(x[::2], y[::2]), FeatureSet(x[1::2], y[1::2])
+    first, again = (fit_linear_probe(train, validation, num_labels=3, seed=7) for _ in range(2))
+    assert first.candidates == again.candidates and first.C == again.C
+    assert np.array_equal(first.full_weight, again.full_weight) and np.array_equal(first.weight, again.weight)
+
+
+def test_temperature_scaling_recovers_an_overconfident_scale():
+    from hf_finetune.probing.linear_probe import fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, (4000, 4))
+    probabilities = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in probabilities])
+    assert fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.1)
+    assert fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)

@@ -2,7 +2,7 @@
 
     run = prepare_run(...)          # splits, model, cached features -> linear probe -> advisor's plan -> head init
     train(run)                      # head first, then the unfreeze schedule (callbacks), early stopping on validation
-    select_model(run)               # the best checkpoint, or the probe when the fine-tune never beat its start
+    select_model(run, start)        # the probe, the fine-tune or their interpolation, on validation
     report = evaluate(run)          # the held-out test split, once
     save(run, report)               # model, processor, report, run record, model card (and the Hub upload)
 
@@ -27,10 +27,12 @@ from hf_finetune.config.sources import DataArguments, ModelArguments
 from hf_finetune.config.training import FinetuneTrainingArguments, ShareArguments
 from hf_finetune.data.splits import DataSplits
 from hf_finetune.evaluation.metrics import classification_report, write_test_report
+from hf_finetune.pipeline.after_training import interpret_and_calibrate, split_logits
 from hf_finetune.pipeline.assemble import PreparedRun, prepare_run
 from hf_finetune.pipeline.record import update_run_config, write_run_config
+from hf_finetune.pipeline.select import choose_interpolation
 from hf_finetune.recipe.advisor import RecipePlan
-from hf_finetune.recipe.prepare import probe_model, probe_wins
+from hf_finetune.recipe.prepare import interpolates
 from hf_finetune.recipe.resolve import RunArguments
 from hf_finetune.sharing.demo import save_example_images
 from hf_finetune.sharing.hub import PushResult, check_repo_id, default_repo_id, push_to_hub
@@ -44,6 +46,7 @@ from hf_finetune.training.callbacks.interrupt import (
 )
 from hf_finetune.training.callbacks.monitor import GapMonitorCallback
 from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback
+from hf_finetune.training.interpolation import State, capture_state
 from hf_finetune.training.lora import save_lora_model
 from hf_finetune.training.lr_find import lr_range_test, save_lr_find
 from hf_finetune.training.trainer import FinetuneTrainer
@@ -106,8 +109,10 @@ def run_finetune(
     _record(run)
     for callback in callbacks or []:
         run.trainer.add_callback(callback)
+    # The model before training: alpha 0 of the probe / fine-tune interpolation chosen after training.
+    start = capture_state(run.trainer.model) if _trains(run) and interpolates(run.recipe, run.arguments.finetune) else None
     train(run)
-    select_model(run)
+    select_model(run, start)
     report = evaluate(run)
     push = save(run, report, share_args, repo_id)
     return RunResult(
@@ -180,39 +185,29 @@ def train(run: PreparedRun) -> None:
         raise TrainingInterrupted(checkpoint, trainer.state.global_step, trainer.state.epoch or 0.0)
 
 
-def select_model(run: PreparedRun) -> None:
-    """Model selection on validation, as for any checkpoint: when the advisor chose a fine-tune and it never beat
-    where it started, the linear probe is the model."""
-    trainer, arguments = run.trainer, run.arguments
-    selects_on_macro_f1 = (trainer.args.metric_for_best_model or "").removeprefix("eval_") == "macro_f1"
-    best_validation = trainer.state.best_metric if selects_on_macro_f1 else None
-    if not _trains(run) or not probe_wins(run.recipe, arguments.finetune, best_validation):
+def select_model(run: PreparedRun, start: State | None) -> None:
+    """Model selection on validation: after a fine-tune from the probe head (the advisor's LP-FT), the probe, the
+    fine-tune or their weight-space interpolation, whichever scores best (`pipeline/select.py`); otherwise the
+    Trainer's best checkpoint, already loaded."""
+    if start is None:
         return
-    probe = run.recipe.probe
-    run.extra["model_selection"] = {
-        "chosen": "linear_probe",
-        "probe_validation_macro_f1": probe.validation_macro_f1,
-        "finetune_best_validation_macro_f1": trainer.state.best_metric,
-        "reason": "the linear probe (the fine-tune's starting point) scored higher on validation than every "
-        "fine-tuned checkpoint, so the saved model is the probe",
-    }
-    logger.warning(
-        "Validation macro-F1: linear probe %.4f > best fine-tuned checkpoint %.4f: keeping the probe as the model.",
-        probe.validation_macro_f1, trainer.state.best_metric,
+    arguments = run.arguments
+    run.extra["model_selection"] = choose_interpolation(
+        run.trainer, run.splits, start, run.recipe.probe, arguments.training.seed
     )
-    model = probe_model(arguments.model, run.splits, arguments.finetune, probe, arguments.training.seed)
-    trainer.model = model.to(trainer.args.device)
-    trainer.model_wrapped = trainer.model
 
 
 def evaluate(run: PreparedRun) -> dict[str, Any]:
-    """The held-out test split, evaluated once, with the linear-probe baseline beside it."""
-    report = evaluate_test_split(run.trainer, run.splits)
+    """The held-out test split, evaluated once, with the linear-probe baseline beside it; then calibration, the
+    top losses and `--tta` (`pipeline/after_training.py`)."""
+    test = split_logits(run.trainer, run.splits.test)
+    report = classification_report(test.labels, test.logits.argmax(-1), run.splits.labels)
     report["num_skipped_files"] = len(run.splits.skipped_files)  # left out before training; listed in run_config.json
     baseline = run.recipe.baseline
     if baseline is not None:
         report["baseline"] = baseline
         logger.info("Test macro-F1: fine-tune %.4f vs linear-probe baseline %.4f", report["macro_f1"], baseline["macro_f1"])
+    report.update(interpret_and_calibrate(run, report, test))  # folds the temperature into the head before `save`
     return report
 
 
@@ -266,7 +261,7 @@ def write_probe_schedule(output_dir: str, probe: Any) -> None:
     payload = {
         "epochs": [],
         "lr_history": {"step": [], "groups": {}},
-        "linear_probe": {"C": probe.C, "validation_macro_f1": probe.validation_macro_f1, "candidates": {str(c): f for c, f in probe.candidates.items()}},
+        "linear_probe": probe.summary(),
     }
     with open(os.path.join(output_dir, SCHEDULE_FILE), "w") as f:
         json.dump(payload, f, indent=2)

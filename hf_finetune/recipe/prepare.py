@@ -237,26 +237,25 @@ def _fit_probe_and_head(result: PreparedRecipe, splits: DataSplits) -> None:
     if finetune.head_init == "probe" or finetune.strategy == "linear_probe":
         if result.probe is None:
             raise ValueError("`--head-init probe` needs the cached-feature probe, which was not fitted.")
-        names = write_probe_into_head(result.model, result.probe)
+        # A linear-probe run is the probe fitted on train + validation; a fine-tune starts from the train-only fit, so
+        # that validation can still judge it (and the interpolation towards it) fairly.
+        names = write_probe_into_head(result.model, result.probe, full=finetune.strategy == "linear_probe")
         logger.info("Head %s initialised from the linear probe (C=%g).", ", ".join(names), result.probe.C)
     if finetune.head_dropout:
         add_head_dropout([layer for _, layer in head_linear_layers(result.model)], finetune.head_dropout)
 
 
-def probe_wins(prepared: PreparedRecipe, finetune_args: FinetuneArguments, best_validation_macro_f1: float | None) -> bool:
-    """Whether the fine-tune's starting point, the linear probe, scored better on validation than the fine-tune did.
+def interpolates(prepared: PreparedRecipe, finetune_args: FinetuneArguments) -> bool:
+    """Whether the run ends by choosing among the probe, the fine-tune and their interpolation (WiSE-FT).
 
-    Only when the advisor chose the strategy (a strategy given by flag is what the user asked for) and the probe
-    reads the trained model's own head inputs (not with LoRA, whose merged backbone differs from the probe's).
+    Only when the advisor chose the strategy (a strategy given by flag is what the user asked for), the fine-tune
+    started from the probe head, and the model is a plain one (not LoRA, whose merged backbone the probe never saw).
     """
     strategy = prepared.plan.choices.get("strategy") if prepared.plan is not None else None
-    if strategy is None or strategy.source != "advisor" or prepared.probe is None or finetune_args.peft == "lora" or best_validation_macro_f1 is None:
-        return False
-    return prepared.probe.validation_macro_f1 > best_validation_macro_f1
-
-
-def probe_model(model_args: ModelArguments, splits: DataSplits, finetune_args: FinetuneArguments, probe: LinearProbe, seed: int) -> torch.nn.Module:
-    """The pretrained backbone (same depth and config as the trained model) with the linear probe as its head."""
-    model, _ = load_model(model_args, splits, finetune_args.drop_path_rate, seed, finetune_args.truncate_after)
-    write_probe_into_head(model, probe)
-    return model
+    return (
+        strategy is not None
+        and strategy.source == "advisor"
+        and prepared.probe is not None
+        and finetune_args.head_init == "probe"
+        and finetune_args.peft != "lora"
+    )

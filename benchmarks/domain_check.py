@@ -1,0 +1,84 @@
+"""What the advisor's similarity measures say about each shared model x dataset, beside what the frozen features can
+actually do: the k-NN lift (today's "similar" / "different" call), the grayscale share, the cross-validated linear
+probe over train + validation, and the stage probe (is the top stage the best one to read?).
+
+    python benchmarks/domain_check.py                        # every shared model x dataset
+    python benchmarks/domain_check.py --datasets eurosat     # a slice
+
+Writes benchmarks/results/domain_check.json and .md. Features come from the feature cache (one forward pass per
+model and dataset, with every stage captured), so a rerun costs seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared").is_dir() else Path("/work/shared")
+
+
+def check(model_path: Path, dataset: Path, seed: int) -> dict[str, Any]:
+    from hf_finetune import DataArguments, load_splits
+    from hf_finetune.backbones.split import split_stages
+    from hf_finetune.config.sources import ModelArguments
+    from hf_finetune.data.transforms import resolve_preprocessing
+    from hf_finetune.probing.linear_probe import fit_linear_probe
+    from hf_finetune.probing.stage_probe import probe_stages
+    from hf_finetune.recipe.measure import measure_dataset
+    from hf_finetune.recipe.prepare import feature_pass, load_model
+    from hf_finetune.training.callbacks.freezing import unfreeze_units
+
+    splits = load_splits(DataArguments(dataset=str(dataset)), seed=seed)
+    model, processor = load_model(ModelArguments(model=str(model_path)), splits, None, seed)
+    features = feature_pass(model, processor, splits, ModelArguments(model=str(model_path)), None, 32, stages=True)
+    side = min(resolve_preprocessing(processor).size)
+    m = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
+    probe = fit_linear_probe(features.train, features.validation, len(splits.labels), seed=seed)
+    stages = probe_stages(features.stages, len(splits.labels), seed=seed)
+    return {
+        "model": model_path.name, "dataset": dataset.name, "train_images": m.num_train, "classes": m.num_classes,
+        "knn_lift": m.knn_lift, "grayscale_fraction": m.grayscale_fraction, "domain_today": m.domain,
+        "probe_cv_macro_f1": probe.cv_macro_f1, "probe_cv_std": probe.cv_std,
+        "stage_best": stages.best.name if stages else None, "stage_top": stages.top.name if stages else None,
+        "stage_best_macro_f1": stages.best.macro_f1_mean if stages else None,
+        "stage_top_macro_f1": stages.top.macro_f1_mean if stages else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=str(DEFAULT_SHARED))
+    parser.add_argument("--models", nargs="*")
+    parser.add_argument("--datasets", nargs="*")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "domain_check"))
+    options = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    shared = Path(options.shared)
+    models = options.models or sorted(p.name for p in (shared / "models").iterdir() if p.is_dir())
+    datasets = options.datasets or sorted(p.name for p in (shared / "data").iterdir() if p.is_dir())
+    # A dataset is a folder name under <shared>/data, or a path (e.g. a subset made by run_all.py).
+    rows = [check(shared / "models" / m, Path(d) if os.sep in d else shared / "data" / d, options.seed)
+            for d in datasets for m in models]
+    Path(options.output + ".json").write_text(json.dumps(rows, indent=2))
+    lines = [f"`python benchmarks/domain_check.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
+             "| dataset | model | train | k-NN lift | grayscale | call today | probe CV macro-F1 | best stage (CV F1) | top stage (CV F1) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['train_images']} | {r['knn_lift']:.2f} | {r['grayscale_fraction']:.0%} | "
+            f"{r['domain_today']} | {r['probe_cv_macro_f1']:.3f} ± {r['probe_cv_std']:.3f} | "
+            f"{r['stage_best']} ({r['stage_best_macro_f1']:.3f}) | {r['stage_top']} ({r['stage_top_macro_f1']:.3f}) |"
+        )
+    Path(options.output + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Model selection after a fine-tune from the linear-probe head (LP-FT): the probe, the fine-tune, or a weight-space
+interpolation of the two (WiSE-FT), chosen on the validation split.
+
+Every candidate is scored the same way on the same images: the validation split, which neither the fine-tune nor the
+probe start was fitted on. Small validation splits are noisy, so each candidate's score comes with its paired
+bootstrap spread, and ties (to 1e-6) go to the lower validation loss. When the probe (alpha 0) wins, the saved model is
+the probe refitted on train + validation (`LinearProbe.full_weight`), which has seen more data at the same `C`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from hf_finetune.data.splits import DataSplits
+from hf_finetune.probing.linear_probe import LinearProbe, write_probe_into_head
+from hf_finetune.training.interpolation import State, capture_state, load_interpolation
+from hf_finetune.training.trainer import FinetuneTrainer
+
+logger = logging.getLogger(__name__)
+
+# Interpolation weights tried: 0 = the probe start, 1 = the fine-tune.
+ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+BOOTSTRAP_SAMPLES = 200
+
+
+@dataclass
+class Candidate:
+    """One model scored on the validation split."""
+
+    alpha: float
+    validation_macro_f1: float
+    validation_loss: float
+    bootstrap_std: float
+
+
+def _scores(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Macro-F1, cross-entropy and the bootstrap standard deviation of the macro-F1."""
+    predictions = logits.argmax(-1)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    macro_f1 = float(f1_score(labels, predictions, average="macro", zero_division=0))
+    resampled = rng.integers(0, len(labels), size=(BOOTSTRAP_SAMPLES, len(labels)))
+    spread = [f1_score(labels[i], predictions[i], average="macro", zero_division=0) for i in resampled]
+    return macro_f1, loss, float(np.std(spread))
+
+
+def _validation_logits(trainer: FinetuneTrainer, splits: DataSplits) -> tuple[np.ndarray, np.ndarray]:
+    output = trainer.predict(splits.validation, metric_key_prefix="selection")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return np.asarray(logits, dtype=np.float64), np.asarray(output.label_ids)
+
+
+def choose_interpolation(
+    trainer: FinetuneTrainer,
+    splits: DataSplits,
+    start: State,
+    probe: LinearProbe,
+    seed: int,
+    alphas: tuple[float, ...] = ALPHAS,
+) -> dict[str, Any]:
+    """Scores the interpolations between `start` (the probe-initialised model before training) and the trainer's
+    model (the fine-tune's best checkpoint) on validation, loads the winner into the trainer's model and returns
+    what `run_config.json` records under `model_selection`."""
+    end = capture_state(trainer.model)
+    rng = np.random.default_rng(seed)
+    candidates = []
+    for alpha in alphas:
+        load_interpolation(trainer.model, start, end, alpha)
+        logits, labels = _validation_logits(trainer, splits)
+        candidates.append(Candidate(alpha, *_scores(logits, labels, np.random.default_rng(rng.integers(1 << 31)))))
+    best = max(candidates, key=lambda c: (round(c.validation_macro_f1, 6), -c.validation_loss))
+    load_interpolation(trainer.model, start, end, best.alpha)
+    if best.alpha == 0.0:
+        write_probe_into_head(trainer.model, probe, full=True)
+    chosen = {0.0: "linear_probe", 1.0: "fine_tune"}.get(best.alpha, "interpolation")
+    logger.info(
+        "Model selection on %d validation images: %s (alpha %.2f, macro-F1 %.4f +/- %.4f); %s",
+        len(splits.validation), chosen, best.alpha, best.validation_macro_f1, best.bootstrap_std,
+        ", ".join(f"{c.alpha:g}: {c.validation_macro_f1:.3f}" for c in candidates),
+    )
+    return {
+        "chosen": chosen,
+        "alpha": best.alpha,
+        "estimate": f"validation macro-F1 on {len(splits.validation)} images (+/- bootstrap std over "
+        f"{BOOTSTRAP_SAMPLES} resamples); ties go to the lower validation loss",
+        "candidates": [asdict(c) for c in candidates],
+        "probe_cv_macro_f1": probe.cv_macro_f1,
+        "reason": {
+            "linear_probe": "no interpolation towards the fine-tune scored higher on validation than the probe it "
+            "started from, so the saved model is the probe (refitted on train + validation)",
+            "fine_tune": "the fine-tuned model scored highest on validation",
+            "interpolation": f"the weight-space average {1 - best.alpha:g} x probe start + {best.alpha:g} x fine-tune "
+            "scored highest on validation",
+        }[chosen],
+    }
+
