@@ -101,7 +101,7 @@ def _interrupted_run(tmp_path: Path, tiny_checkpoint) -> tuple[Path, Path, str]:
     data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=10)
     out = tmp_path / "out"
     model = tiny_checkpoint("vit")
-    assert _run(model, data, out, "--save-total-limit", "2") == 0
+    assert _run(model, data, out, "--save-total-limit", "2", "--keep-checkpoints") == 0
     assert sorted(out.glob("checkpoint-*")), "the run kept no checkpoint"
     config = json.loads((out / "run_config.json").read_text())
     assert set(config["data_fingerprint"]) == {"train"} and config["model_fingerprint"]["files"]

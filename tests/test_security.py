@@ -81,7 +81,7 @@ def test_hub_token_never_reaches_logs_or_output_files(tmp_path, tiny_checkpoint)
     out = tmp_path / "out"
     argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out),
             "--num-train-epochs", "2", "--per-device-train-batch-size", "8", "--hub-token", flag_token,
-            "--logging-strategy", "steps", "--logging-steps", "1", *QUIET]
+            "--logging-strategy", "steps", "--logging-steps", "1", "--keep-checkpoints", "true", *QUIET]  # scan them too
     log = tmp_path / "run.log"
     assert run_cli(argv, log, env=cli_env(HF_TOKEN=env_token)) == 0, log.read_text()[-3000:]
 

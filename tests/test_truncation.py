@@ -123,7 +123,8 @@ def test_cli_run_with_truncation(tiny_checkpoint, tmp_path):
     folder = write_image_folder(tmp_path / "images", per_class=10)
     out = tmp_path / "out"
     argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(folder), "--output-dir", str(out), *FAST_RUN_FLAGS]
-    assert main([*argv, "--truncate-after", "blocks.0", "--save-total-limit", "1"]) == 0
+    # --keep-checkpoints: the checkpoints must carry the generated modeling file too.
+    assert main([*argv, "--truncate-after", "blocks.0", "--save-total-limit", "1", "--keep-checkpoints", "true"]) == 0
     config = json.loads((out / "run_config.json").read_text())
     assert config["truncation"]["after"] == "blocks.0" and config["truncation"]["removed_stages"] == ["blocks.1"]
     assert [s["name"] for s in config["stages"]] == ["embeddings", "blocks.0", "norm", "head"]

@@ -43,14 +43,20 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": f"LR of the top backbone stage (see --layer-decay; {ADVISOR_HELP}: 1e-4 when few images fine-tune from "
-            "the linear-probe head, else 3e-4)."
+            "the linear-probe head, else 3e-4).",
+            "aliases": ["--lr"],
         },
     )
     num_train_epochs: float | None = field(
         default=None,
-        metadata={"help": f"Maximum epochs (early stopping may end sooner; {ADVISOR_HELP}: fits --time-budget, else 10)."},
+        metadata={
+            "help": f"Maximum epochs (early stopping may end sooner; {ADVISOR_HELP}: fits --time-budget, else 10).",
+            "aliases": ["--epochs"],
+        },
     )
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    per_device_train_batch_size: int = field(
+        default=16, metadata={"help": "Training batch size per device.", "aliases": ["--batch-size", "--batch_size"]}
+    )
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
     # Decoupled weight decay; biases, norms, position embeddings and tokens are exempt (see param_groups).
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay on weight matrices."})

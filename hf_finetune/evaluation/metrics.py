@@ -65,25 +65,31 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
 
 
 def save_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str, title: str = "Test confusion matrix") -> None:
-    """Writes the confusion matrix as a PNG (rows = true labels, counts in the cells)."""
+    """Writes the confusion matrix as a PNG: rows = true labels, each cell its count and its share of the row (the
+    recall of the diagonal), coloured by that share so small classes read as clearly as large ones; the title gives
+    n and the accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     array = np.asarray(matrix)
-    size = max(4.0, 0.6 * len(labels) + 2.5)
+    totals = array.sum(axis=1, keepdims=True) if array.size else array
+    shares = np.divide(array, totals, out=np.zeros(array.shape, dtype=float), where=totals > 0)
+    size = max(4.5, 0.7 * len(labels) + 2.5)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(array, cmap="Blues")
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    threshold = array.max() / 2 if array.size else 0
+    total = int(array.sum())
+    accuracy = f", accuracy {np.trace(array) / total:.1%}" if total else ""
+    ax.set_title(f"{title}\n(n = {total}{accuracy}; row % = share of the true class)", fontsize=10)
     for i in range(array.shape[0]):
         for j in range(array.shape[1]):
-            ax.text(j, i, str(array[i, j]), ha="center", va="center", color="white" if array[i, j] > threshold else "black")
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{array[i, j]}\n{shares[i, j]:.0%}", ha="center", va="center", color=colour, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -53,7 +53,9 @@ def plot_lr_schedule(schedule: dict[str, Any], freeze_events: list[dict[str, Any
     curves = stage_lr_history(history)
     fig, ax = plt.subplots(figsize=(9, 5))
     ordered = list(reversed(curves))  # input -> output, head last
-    colours = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(ordered), 1)))
+    # Qualitative colours: neighbouring stages must be told apart (a sequential map gave four near-identical greens).
+    palette = plt.cm.tab20.colors if len(ordered) > 10 else plt.cm.tab10.colors
+    colours = [palette[i % len(palette)] for i in range(max(len(ordered), 1))]
     plotted = False
     for colour, stage in zip(colours, ordered):
         values = np.asarray(curves[stage], dtype=float)
@@ -69,9 +71,9 @@ def plot_lr_schedule(schedule: dict[str, Any], freeze_events: list[dict[str, Any
         x = event["step"] + 0.5
         ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
         label = ", ".join(event["unfrozen"])
-        ax.annotate(
-            f"unfreeze {label}", xy=(x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-            va="top", ha="right", fontsize=7, color="dimgrey",
+        ax.annotate(  # inside the axes, right of the line: never clipped by the figure's edge
+            f"unfreeze {label}", xy=(x, 0.98), xycoords=("data", "axes fraction"), xytext=(2, 0),
+            textcoords="offset points", rotation=90, va="top", ha="left", fontsize=7, color="dimgrey",
         )
     if plotted:
         ax.set_yscale("log")
@@ -86,39 +88,68 @@ def plot_lr_schedule(schedule: dict[str, Any], freeze_events: list[dict[str, Any
     return path
 
 
-def plot_training_curves(schedule: dict[str, Any], path: str) -> str:
-    """Writes train/validation loss and validation accuracy / macro-F1 per epoch.
+def plot_training_curves(
+    schedule: dict[str, Any],
+    path: str,
+    freeze_events: list[dict[str, Any]] | None = None,
+    best_step: int | None = None,
+    baseline_macro_f1: float | None = None,
+) -> str:
+    """Writes train/validation loss and validation accuracy / macro-F1 per epoch (numbered from 1, as the logs do),
+    with the unfreeze events, the best checkpoint and the linear-probe baseline marked.
 
     Args:
-        schedule (`dict`): the content of `schedule.json` (`epochs` records).
+        schedule (`dict`): the content of `schedule.json` (`epochs` records; their `epoch` counts from 0).
         path (`str`): the PNG to write.
+        freeze_events (`list[dict]`, *optional*): `run_config.json`'s `freeze_events`; an event at 0-based epoch e
+            happened between epochs e and e + 1 (1-based).
+        best_step (`int`, *optional*): the step of the best checkpoint (`checkpoint-N`); its epoch is circled.
+        baseline_macro_f1 (`float`, *optional*): the linear probe's test macro-F1, drawn as a horizontal line.
 
     Returns:
         `str`: `path`.
     """
     plt = _pyplot()
     records = schedule.get("epochs", [])
-    epochs = [record["epoch"] for record in records]
+    epochs = [record["epoch"] + 1 for record in records]
 
     def series(get) -> list[float]:
         return [float(get(record)) if get(record) is not None else np.nan for record in records]
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, series(lambda r: r.get("train_loss")), marker="o", label="train loss")
-    left.plot(epochs, series(lambda r: r.get("validation", {}).get("loss")), marker="o", label="validation loss")
-    left.set_xlabel("epoch")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(epochs, series(lambda r: r.get("train_loss")), marker="o", color="tab:blue", label="train loss")
+    left.plot(epochs, series(lambda r: r.get("validation", {}).get("loss")), marker="s", color="tab:orange", label="validation loss")
     left.set_ylabel("loss")
-    left.legend()
-    right.plot(epochs, series(lambda r: r.get("validation", {}).get("accuracy")), marker="o", label="validation accuracy")
-    right.plot(epochs, series(lambda r: r.get("validation", {}).get("macro_f1")), marker="o", label="validation macro-F1")
-    right.set_xlabel("epoch")
-    right.set_ylim(0.0, 1.02)
-    right.legend(loc="lower right")
+    accuracy = series(lambda r: r.get("validation", {}).get("accuracy"))
+    macro_f1 = series(lambda r: r.get("validation", {}).get("macro_f1"))
+    right.plot(epochs, accuracy, marker="o", linestyle="--", color="tab:green", label="validation accuracy")
+    right.plot(epochs, macro_f1, marker="s", color="tab:purple", label="validation macro-F1")
+    if baseline_macro_f1 is not None:
+        right.axhline(baseline_macro_f1, color="tab:red", linestyle=":", label=f"linear probe (test macro-F1 {baseline_macro_f1:.3f})")
+    best = next((epoch for epoch, r in zip(epochs, records) if best_step is not None and r.get("last_step") == best_step), None)
+    if best is not None and np.isfinite(macro_f1[epochs.index(best)]):
+        right.plot([best], [macro_f1[epochs.index(best)]], marker="o", markersize=14, markerfacecolor="none",
+                   markeredgecolor="black", linestyle="none", label=f"best checkpoint (epoch {best})")
+    # Scaled to the data (not 0-1): 0.92 vs 0.95 must be visible.
+    values = [v for v in [*accuracy, *macro_f1, baseline_macro_f1] if v is not None and np.isfinite(v)]
+    if values:
+        pad = max(0.02, 0.1 * (max(values) - min(values)))
+        right.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad) + 0.005)
+    right.legend(loc="best", fontsize=8)
+    left.legend(loc="best", fontsize=8)
+    for event in freeze_events or []:
+        if event.get("unfrozen") and event.get("epoch", 0) > 0:
+            for ax in (left, right):
+                ax.axvline(event["epoch"] + 0.5, color="grey", linestyle="--", linewidth=0.8)
+            left.annotate(f"unfreeze {', '.join(event['unfrozen'])}", xy=(event["epoch"] + 0.5, 0.98), xytext=(2, 0),
+                          xycoords=("data", "axes fraction"), textcoords="offset points", rotation=90, va="top",
+                          ha="left", fontsize=7, color="dimgrey")
     for ax in (left, right):
+        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if epochs:
             ax.set_xticks(epochs)
-    fig.suptitle("Training and validation curves")
+    fig.suptitle("Training and validation curves (dashed lines: unfreeze steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
