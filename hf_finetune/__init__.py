@@ -1,44 +1,94 @@
 """hf_finetune: disciplined fine-tuning of pretrained vision backbones on small image datasets."""
 
-from hf_finetune.backbones.loading import load_model_and_processor
-from hf_finetune.backbones.split import split_stages
-from hf_finetune.backbones.stages import Stage, StageMap
-from hf_finetune.backbones.taps import extract_features
-from hf_finetune.backbones.targets import lora_target_modules, no_weight_decay_names, tunable_parameter_names
-from hf_finetune.backbones.truncation import truncate_model
-from hf_finetune.config.finetune import FinetuneArguments
-from hf_finetune.config.sources import DataArguments, ModelArguments
-from hf_finetune.config.training import FinetuneTrainingArguments, ShareArguments
-from hf_finetune.data.check import drop_unreadable_images
-from hf_finetune.data.mixing import BatchMixer
-from hf_finetune.data.splits import DataSplits, load_splits
-from hf_finetune.data.transforms import attach_transforms, collate
-from hf_finetune.evaluation.metrics import classification_report, compute_metrics
-from hf_finetune.pipeline.assemble import PreparedRun, build_trainer, prepare_run
-from hf_finetune.pipeline.kfold import run_kfold
-from hf_finetune.pipeline.run import RunResult, run_finetune
-from hf_finetune.probing.features import FeatureSet, SplitFeatures, compute_split_features
-from hf_finetune.probing.linear_probe import LinearProbe, fit_linear_probe
-from hf_finetune.probing.stage_probe import StageProbe, probe_stages
-from hf_finetune.recipe.advisor import RecipePlan, plan_recipe
-from hf_finetune.recipe.measure import DatasetMeasurements, measure_dataset
-from hf_finetune.recipe.resolve import RunArguments
-from hf_finetune.sharing.export import export_onnx
-from hf_finetune.sharing.hub import PushResult, push_to_hub
-from hf_finetune.sharing.predict import predict_images
-from hf_finetune.sharing.model_card import build_model_card, write_model_card
-from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, set_trainable_stages, unfreeze_units
-from hf_finetune.training.callbacks.interrupt import InterruptCallback, NonFiniteLossError, TrainingInterrupted
-from hf_finetune.training.callbacks.monitor import GapMonitorCallback, TrainPredictionLog
-from hf_finetune.training.callbacks.plateau import PlateauLRCallback
-from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback
-from hf_finetune.training.interpolation import interpolate_state
-from hf_finetune.training.lora import apply_lora, save_lora_model
-from hf_finetune.training.lr_find import lr_range_test
-from hf_finetune.training.param_groups import build_param_groups, stage_learning_rates
-from hf_finetune.training.trainer import FinetuneTrainer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# The public API, imported on first use (PEP 562): `python -m hf_finetune --help` and a bad flag answer without
+# loading torch, transformers' Trainer and every layer first.
+_EXPORTS: dict[str, str] = {
+    "BatchMixer": "hf_finetune.data.mixing",
+    "DataArguments": "hf_finetune.config.sources",
+    "DataSplits": "hf_finetune.data.splits",
+    "DatasetMeasurements": "hf_finetune.recipe.measure",
+    "FeatureSet": "hf_finetune.probing.features",
+    "FinetuneArguments": "hf_finetune.config.finetune",
+    "FinetuneTrainer": "hf_finetune.training.trainer",
+    "FinetuneTrainingArguments": "hf_finetune.config.training",
+    "GapMonitorCallback": "hf_finetune.training.callbacks.monitor",
+    "InterruptCallback": "hf_finetune.training.callbacks.interrupt",
+    "LinearProbe": "hf_finetune.probing.linear_probe",
+    "ModelArguments": "hf_finetune.config.sources",
+    "NonFiniteLossError": "hf_finetune.training.callbacks.interrupt",
+    "PlateauLRCallback": "hf_finetune.training.callbacks.plateau",
+    "PreparedRun": "hf_finetune.pipeline.assemble",
+    "PushResult": "hf_finetune.sharing.hub",
+    "RecipePlan": "hf_finetune.recipe.advisor",
+    "RunArguments": "hf_finetune.recipe.resolve",
+    "RunResult": "hf_finetune.pipeline.run",
+    "ScheduleRecorderCallback": "hf_finetune.training.callbacks.schedule_log",
+    "ShareArguments": "hf_finetune.config.training",
+    "SplitFeatures": "hf_finetune.probing.features",
+    "Stage": "hf_finetune.backbones.stages",
+    "StageMap": "hf_finetune.backbones.stages",
+    "StageProbe": "hf_finetune.probing.stage_probe",
+    "StageUnfreezeCallback": "hf_finetune.training.callbacks.freezing",
+    "TrainPredictionLog": "hf_finetune.training.callbacks.monitor",
+    "TrainingInterrupted": "hf_finetune.training.callbacks.interrupt",
+    "apply_lora": "hf_finetune.training.lora",
+    "audit_data": "hf_finetune.probing.audit",
+    "attach_transforms": "hf_finetune.data.transforms",
+    "build_model_card": "hf_finetune.sharing.model_card",
+    "build_param_groups": "hf_finetune.training.param_groups",
+    "build_trainer": "hf_finetune.pipeline.assemble",
+    "classification_report": "hf_finetune.evaluation.metrics",
+    "collate": "hf_finetune.data.transforms",
+    "compute_metrics": "hf_finetune.evaluation.metrics",
+    "compute_split_features": "hf_finetune.probing.features",
+    "drop_unreadable_images": "hf_finetune.data.check",
+    "export_onnx": "hf_finetune.sharing.export",
+    "extract_features": "hf_finetune.backbones.taps",
+    "fit_linear_probe": "hf_finetune.probing.linear_probe",
+    "interpolate_state": "hf_finetune.training.interpolation",
+    "load_model_and_processor": "hf_finetune.backbones.loading",
+    "load_splits": "hf_finetune.data.splits",
+    "lora_target_modules": "hf_finetune.backbones.targets",
+    "lr_range_test": "hf_finetune.training.lr_find",
+    "measure_dataset": "hf_finetune.recipe.measure",
+    "no_weight_decay_names": "hf_finetune.backbones.targets",
+    "plan_recipe": "hf_finetune.recipe.advisor",
+    "predict_images": "hf_finetune.sharing.predict",
+    "prepare_run": "hf_finetune.pipeline.assemble",
+    "probe_stages": "hf_finetune.probing.stage_probe",
+    "push_to_hub": "hf_finetune.sharing.hub",
+    "run_finetune": "hf_finetune.pipeline.run",
+    "run_kfold": "hf_finetune.pipeline.kfold",
+    "save_lora_model": "hf_finetune.training.lora",
+    "set_trainable_stages": "hf_finetune.training.callbacks.freezing",
+    "split_stages": "hf_finetune.backbones.split",
+    "stage_learning_rates": "hf_finetune.training.param_groups",
+    "truncate_model": "hf_finetune.backbones.truncation",
+    "tunable_parameter_names": "hf_finetune.backbones.targets",
+    "unfreeze_units": "hf_finetune.training.callbacks.freezing",
+    "write_model_card": "hf_finetune.sharing.model_card",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "BatchMixer",
@@ -71,6 +121,7 @@ __all__ = [
     "TrainingInterrupted",
     "apply_lora",
     "attach_transforms",
+    "audit_data",
     "build_model_card",
     "build_param_groups",
     "build_trainer",

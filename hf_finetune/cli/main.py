@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
 import sys
+import time
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
+from hf_finetune.cli.console import configure_console, set_progress_bars, summary_block
+from hf_finetune.cli.help import HELP_ALL_FLAG, USAGE, HelpFormatter, arrange_help, epilog, unknown_flag_hint
 from hf_finetune.config.command import redact_argv
 from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.config.sources import DataArguments, ModelArguments
@@ -48,20 +52,26 @@ def resume_command(argv: list[str], checkpoint: str) -> str:
     return shlex.join([sys.executable, "-m", "hf_finetune", *redact_argv(args)])
 
 
-_DESCRIPTION = (
-    "Fine-tune a pretrained vision backbone on an image-classification dataset: head first, then gradual "
-    "unfreezing of encoder stages with layer-wise LR decay, early stopping on validation macro-F1, and a "
-    "one-time evaluation on a held-out test split. Every transformers TrainingArguments flag works too."
-)
+_DESCRIPTION = """\
+Fine-tune a pretrained vision backbone (any Hub or local image classifier) on an image-classification dataset
+(a Hub dataset id or a local folder of class sub-folders). A recipe advisor measures the data and picks the
+strategy: a linear probe on frozen features, or a fine-tune with gradual unfreezing and layer-wise LR decay.
+
+  python -m hf_finetune --model facebook/dinov2-small --dataset beans --output-dir runs/beans"""
 
 
-def build_parser() -> HfArgumentParser:
-    """The argument parser of a training run."""
+def build_parser(show_all: bool = False) -> HfArgumentParser:
+    """The argument parser of a training run; its help lists the flags in named groups (`cli/help.py`), the
+    Trainer's own flags only with `show_all` (`--help-all`)."""
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments, ShareArguments),
         prog="python -m hf_finetune",
         description=_DESCRIPTION,
+        usage=USAGE,
+        epilog=epilog(list(SUBCOMMANDS)),
+        formatter_class=HelpFormatter,
     )
+    arrange_help(parser, show_all, {f.name for f in dataclasses.fields(TrainingArguments)})
     return parser
 
 
@@ -69,21 +79,20 @@ def parse_args(
     argv: list[str],
 ) -> tuple[ModelArguments, DataArguments, FinetuneArguments, FinetuneTrainingArguments, ShareArguments]:
     """Parses flags, or a single JSON/YAML file holding them all."""
-    parser = build_parser()
+    parser = build_parser(show_all=HELP_ALL_FLAG in argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         parsed = parser.parse_json_file(argv[0]) if argv[0].endswith(".json") else parser.parse_yaml_file(argv[0])
     else:
+        namespace, unknown = parser.parse_known_args(args=argv)
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}.{unknown_flag_hint(unknown, parser)}")
         parsed = parser.parse_args_into_dataclasses(args=argv)
     check_argument_combinations(parsed[2], parsed[3])
     return tuple(parsed)
 
 
 def _configure_logging() -> None:
-    import transformers
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
-    logger.setLevel(logging.INFO)
-    transformers.logging.set_verbosity_warning()
+    configure_console(logger)  # one place decides what reaches the console (cli/console.py)
 
 
 # Subcommands other than training: name -> "module:function", imported only when used. Each function takes
@@ -97,6 +106,7 @@ SUBCOMMANDS: dict[str, str] = {
     "predict": ".predict:predict_main",
     "export": ".export:export_main",
     "compare": ".compare:compare_main",
+    "audit": ".audit:audit_main",
 }
 
 
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    set_progress_bars(not training_args.disable_tqdm)
+    start = time.perf_counter()
     # Imported here, not at the top: `--help` and a bad flag answer without loading torch and the Trainer.
     from hf_finetune.pipeline.run import run_finetune
     from hf_finetune.training.callbacks.interrupt import NonFiniteLossError, TrainingInterrupted, last_checkpoint
@@ -153,17 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch, one summary is enough
-    if result.recipe is not None:
-        print(f"hf_finetune recipe ({result.recipe.case}): " + ", ".join(
-            f"{name}={choice.value}" for name, choice in result.recipe.choices.items()
-        ))
-    report = result.test_report
-    baseline = report.get("baseline")
-    versus = f" (linear-probe baseline: macro-F1 {baseline['macro_f1']:.4f})" if baseline else ""
-    print(
-        f"hf_finetune: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}{versus} "
-        f"on {report['num_samples']} held-out images -> {result.output_dir}"
-    )
+    print(summary_block(result, time.perf_counter() - start))
     if result.push is not None and not result.push.ok:
         print(
             f"hf_finetune: upload failed ({result.push.error}); the output in {result.output_dir} is complete. "

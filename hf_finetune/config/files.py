@@ -24,3 +24,6 @@ RELIABILITY_PLOT = "reliability_diagram.png"  # calibration before / after tempe
 ONNX_DIR = "onnx"  # `python -m hf_finetune export OUTPUT_DIR`: model.onnx and its check
 ONNX_MODEL_FILE = "model.onnx"
 ONNX_REPORT_FILE = "export_report.json"
+DATA_AUDIT_FILE = "data_audit.json"  # duplicates, suspect labels, image statistics (the data audit)
+SUSPECT_LABELS_PLOT = "suspect_labels.png"  # the most suspect labels of the data audit
+DUPLICATE_PAIRS_PLOT = "duplicate_pairs.png"  # the closest cross-split pairs of the data audit

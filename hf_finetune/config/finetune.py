@@ -10,6 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hf_finetune.config.audit import (
+    AUDIT_HELP,
+    AUDIT_MODES,
+    DEDUPE_HELP,
+    DROP_SUSPECTS_HELP,
+    NEAR_DUPLICATE_THRESHOLD,
+    THRESHOLD_HELP,
+    check_audit_arguments,
+)
 from hf_finetune.config.choices import (
     ADVISOR_HELP,
     AUTO,
@@ -222,6 +231,13 @@ class FinetuneArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an --output-dir that already holds a different run."}
     )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the checkpoint-* folders this run wrote once it has finished (by default they are removed "
+            "after the final model is saved: it already holds the best checkpoint's weights)."
+        },
+    )
     peft: str = field(
         default="none",
         metadata={
@@ -267,6 +283,10 @@ class FinetuneArguments:
             "default: no measured gain yet (docs/benchmarks.md)."
         },
     )
+    audit: str = field(default=AUTO, metadata={"help": AUDIT_HELP, "choices": list(AUDIT_MODES)})
+    dedupe: bool = field(default=False, metadata={"help": DEDUPE_HELP})
+    near_duplicate_threshold: float = field(default=NEAR_DUPLICATE_THRESHOLD, metadata={"help": THRESHOLD_HELP})
+    drop_suspect_labels: int = field(default=0, metadata={"help": DROP_SUSPECTS_HELP})
 
     def __post_init__(self) -> None:
         if self.strategy not in (AUTO, *STRATEGIES):
@@ -304,6 +324,7 @@ class FinetuneArguments:
         if self.unfreeze_warmup_epochs < 0:
             raise ValueError(f"`--unfreeze-warmup-epochs` must be >= 0, got {self.unfreeze_warmup_epochs}.")
         self._check_depth()
+        check_audit_arguments(self)
         if self.unfreeze_on_plateau and self.strategy != "head_then_unfreeze":
             raise ValueError(
                 f"`--unfreeze-on-plateau` only applies to `--strategy head_then_unfreeze`, got {self.strategy!r}: "

@@ -29,6 +29,7 @@ from hf_finetune.data.mixing import BatchMixer
 from hf_finetune.data.splits import DataSplits, load_splits
 from hf_finetune.data.transforms import attach_transforms, collate
 from hf_finetune.evaluation.metrics import compute_metrics
+from hf_finetune.pipeline.data_audit import audit_run, filter_before_recipe
 from hf_finetune.pipeline.output_dir import check_output_location
 from hf_finetune.pipeline.record import argument_sections, check_output_dir, check_resume_integrity, command_line
 from hf_finetune.probing.feature_cache import checkpoint_fingerprint
@@ -188,9 +189,12 @@ def prepare_run(
     )
     if resume:
         check_resume_integrity(previous, {}, model_fingerprint, training_args.output_dir)
+    # --dedupe / --drop-suspect-labels: the data audit filters the splits before the recipe sees them.
+    splits, audit_step = filter_before_recipe(model, processor, splits, requested)
     # Cached feature pass, advisor plan (decides every undecided argument), linear-probe baseline, head init.
     prepared = prepare_recipe(model, processor, splits, requested, previous.get("recipe"))
     arguments, model = prepared.arguments, prepared.model
+    audit_record = audit_run(prepared, processor, splits, arguments, audit_step)  # data_audit.json, galleries
     preprocessing = attach_transforms(splits, processor, arguments.data.augmentation)
     if arguments.finetune.peft == "lora":
         model = apply_lora(model, arguments.finetune)
@@ -215,6 +219,7 @@ def prepare_run(
         "share": dataclasses.asdict(share_args),
         "requested": json.loads(json.dumps(argument_sections(requested), default=str)),
         **prepared.record,
+        **audit_record,
     }
     if arguments.finetune.peft == "lora":
         extra["peft"] = lora_summary(model)

@@ -45,7 +45,7 @@ def library_versions() -> dict[str, str]:
 _RESUME_NEUTRAL = frozenset(
     {"resume_from_checkpoint", "overwrite_output_dir", "logging_dir", "disable_tqdm", "hub_token", "dataloader_num_workers", "dataloader_pin_memory",
      "dataloader_persistent_workers", "dataloader_prefetch_factor", "report_to", "logging_steps", "logging_first_step", "push_to_hub",
-     "hub_model_id", "hub_private_repo", "per_device_eval_batch_size"}
+     "hub_model_id", "hub_private_repo", "per_device_eval_batch_size", "keep_checkpoints"}
 )
 
 

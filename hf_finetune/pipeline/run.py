@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from hf_finetune.data.splits import DataSplits
 from hf_finetune.evaluation.metrics import classification_report, write_test_report
 from hf_finetune.pipeline.after_training import interpret_and_calibrate, split_logits
 from hf_finetune.pipeline.assemble import PreparedRun, prepare_run
+from hf_finetune.pipeline.data_audit import leakage_report
 from hf_finetune.pipeline.record import update_run_config, write_run_config
 from hf_finetune.pipeline.select import choose_interpolation
 from hf_finetune.recipe.advisor import RecipePlan
@@ -208,6 +210,7 @@ def evaluate(run: PreparedRun) -> dict[str, Any]:
         report["baseline"] = baseline
         logger.info("Test macro-F1: fine-tune %.4f vs linear-probe baseline %.4f", report["macro_f1"], baseline["macro_f1"])
     report.update(interpret_and_calibrate(run, report, test))  # folds the temperature into the head before `save`
+    report.update(leakage_report(run.extra, test))  # test metrics without the test images that have a twin in train
     return report
 
 
@@ -229,6 +232,17 @@ def save(run: PreparedRun, report: dict[str, Any], share_args: ShareArguments, r
     run.extra["status"] = "finished"
     write_run_config(_run_config_path(run), arguments, run.extra)
     write_model_card(output_dir)  # after every run, from the records just written
+    if not arguments.finetune.keep_checkpoints:
+        # The saved model holds the best checkpoint's weights; the checkpoints only served a resume, which a finished
+        # run no longer needs. Only the Trainer's complete checkpoints of this run's steps (the output-dir checks
+        # refuse a folder holding checkpoints hf_finetune did not write).
+        for entry in os.listdir(output_dir):
+            kind, _, step = entry.partition("-")
+            path = os.path.join(output_dir, entry)
+            if kind == "checkpoint" and step.isdigit() and int(step) <= trainer.state.global_step and os.path.isfile(
+                os.path.join(path, "trainer_state.json")
+            ):
+                shutil.rmtree(path)
     if not training.push_to_hub:
         return None
     return push_to_hub(  # once, from the complete output directory

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import TRUNCATION_FIELD
@@ -223,11 +224,15 @@ def _forward_uncached(
         rows_by_split.setdefault(where[key][0], []).append(where[key][1])
     chunks: list[dict[str, np.ndarray]] = []
     forward_start = time.perf_counter()
+    # transformers' progress-bar switch (`--disable-tqdm true` turns it off): a 1,000-image pass takes a minute on CPU.
+    progress = hf_logging.tqdm(total=len(todo), desc="Feature pass", unit="img", leave=False)
     for name, rows in rows_by_split.items():
         view = getattr(splits, name).with_format(None)
-        for offset in range(0, len(rows), 256):  # decode in chunks to bound memory
-            images = view.select(rows[offset : offset + 256])["image"]
+        for offset in range(0, len(rows), batch_size):  # decode one forward batch at a time: bounded memory
+            images = view.select(rows[offset : offset + batch_size])["image"]
             chunks.append(taps.extract(processor, images, batch_size=batch_size))
+            progress.update(len(images))
+    progress.close()
     elapsed = time.perf_counter() - forward_start
     throughput = len(todo) / elapsed if elapsed > 0 else None
     ordered = [key for name, rows in rows_by_split.items() for key in (keys_by_split[name][r] for r in rows)]

@@ -108,15 +108,22 @@ def _standardiser(features: np.ndarray) -> tuple[np.ndarray, float]:
     return mean, scale if scale > 1e-12 else 1.0
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, num_labels: int, C: float, seed: int, class_weight: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression on standardised features -> (weight [K, D], bias [K])."""
+def _fit_logistic(
+    x: np.ndarray, y: np.ndarray, num_labels: int, C: float, seed: int, class_weight: Any, estimator: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression on standardised features -> (weight [K, D], bias [K]).
+
+    `estimator`, a `LogisticRegression(warm_start=True)` reused over increasing `C` on the same data, starts each fit
+    from the previous solution (a C grid then costs little more than its largest `C`).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     present = np.unique(y)
+    clf = estimator if estimator is not None else LogisticRegression(max_iter=300, random_state=seed, class_weight=class_weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the validation split judges the fit, not the tolerance
-        clf = LogisticRegression(C=C, max_iter=300, random_state=seed, class_weight=class_weight).fit(x, y)
+        clf.set_params(C=C).fit(x, y)
     weight = np.zeros((num_labels, x.shape[1]), dtype=np.float64)
     bias = np.full(num_labels, -1e4, dtype=np.float64)  # classes absent from train are never predicted
     if len(present) == 2:  # binary: sklearn fits one vector for the second class against the first
@@ -164,36 +171,36 @@ def _folded(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: float
 
 def cross_validated_c(
     pooled: FeatureSet, num_labels: int, c_grid: tuple[float, ...], folds: int, seed: int, class_weight: str | None
-) -> dict[float, tuple[float, float]]:
-    """`{C: (mean, std)}` of the out-of-fold macro-F1 of stratified `folds`-fold CV on `pooled` (standardised
-    within each fold on its training part)."""
+) -> tuple[dict[float, tuple[float, float]], dict[float, np.ndarray]]:
+    """Stratified `folds`-fold CV of every `C` on `pooled` (standardised within each fold on its training part).
+
+    Returns:
+        `({C: (mean, std) of the fold macro-F1s}, {C: out-of-fold logits [len(pooled), num_labels]})`.
+    """
+    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores: dict[float, list[float]] = {C: [] for C in c_grid}
+    logits = {C: np.zeros((len(pooled.labels), num_labels)) for C in c_grid}
     for fit_index, held_index in splitter.split(pooled.features, pooled.labels):
-        fold_train = FeatureSet(pooled.features[fit_index], pooled.labels[fit_index])
-        held = FeatureSet(pooled.features[held_index], pooled.labels[held_index])
-        _, _, candidates, _ = search_c(fold_train, held, num_labels, c_grid, seed, class_weight)
-        for C, score in candidates.items():
-            scores[C].append(score)
-    return {C: (float(np.mean(values)), float(np.std(values))) for C, values in scores.items()}
+        mean, scale = _standardiser(pooled.features[fit_index])
+        x_fit = (pooled.features[fit_index] - mean) / scale
+        x_held = (pooled.features[held_index] - mean) / scale
+        estimator = LogisticRegression(warm_start=True, max_iter=300, random_state=seed, class_weight=class_weight)
+        for C in sorted(c_grid):
+            weight, bias = _fit_logistic(x_fit, pooled.labels[fit_index], num_labels, C, seed, class_weight, estimator)
+            logits[C][held_index] = x_held @ weight.T + bias
+            predictions = logits[C][held_index].argmax(axis=1)
+            scores[C].append(float(f1_score(pooled.labels[held_index], predictions, average="macro", zero_division=0)))
+    return {C: (float(np.mean(v)), float(np.std(v))) for C, v in scores.items()}, logits
 
 
 def out_of_fold_logits(
     pooled: FeatureSet, num_labels: int, C: float, folds: int, seed: int, class_weight: str | None
 ) -> np.ndarray:
-    """Logits of every pooled image from the fold fit that did not see it (the same folds as `cross_validated_c`)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    logits = np.zeros((len(pooled.labels), num_labels), dtype=np.float64)
-    for fit_index, held_index in splitter.split(pooled.features, pooled.labels):
-        mean, scale = _standardiser(pooled.features[fit_index])
-        x = (pooled.features[fit_index] - mean) / scale
-        weight, bias = _fit_logistic(x, pooled.labels[fit_index], num_labels, C, seed, class_weight)
-        logits[held_index] = ((pooled.features[held_index] - mean) / scale) @ weight.T + bias
-    return logits
+    """Logits of every pooled image from the fold fit at `C` that did not see it (the folds of `cross_validated_c`)."""
+    return cross_validated_c(pooled, num_labels, (C,), folds, seed, class_weight)[1][C]
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -214,6 +221,23 @@ def _cv_folds(pooled: FeatureSet, folds: int) -> int:
     counts = np.bincount(pooled.labels)
     present = counts[counts > 0]  # a class absent from both splits is no constraint on the folds
     return min(folds, int(present.min())) if len(present) else 0
+
+
+def _train_and_full_fits(
+    train: FeatureSet, validation: FeatureSet, pooled: FeatureSet, num_labels: int, C: float, seed: int, class_weight: Any
+) -> LinearProbe:
+    """The probe at `C` fitted on train (scored on validation) and on train + validation."""
+    mean, scale = _standardiser(train.features)
+    weight, bias = _folded(*_fit_logistic((train.features - mean) / scale, train.labels, num_labels, C, seed, class_weight), mean, scale)
+    predictions = (validation.features @ weight.T + bias).argmax(axis=1)
+    validation_macro_f1 = float(f1_score(validation.labels, predictions, average="macro", zero_division=0))
+    full_mean, full_scale = _standardiser(pooled.features)
+    full_x = (pooled.features - full_mean) / full_scale
+    full_weight, full_bias = _folded(*_fit_logistic(full_x, pooled.labels, num_labels, C, seed, class_weight), full_mean, full_scale)
+    return LinearProbe(
+        weight=weight, bias=bias, C=C, validation_macro_f1=validation_macro_f1, candidates={}, seconds=0.0,
+        full_weight=full_weight, full_bias=full_bias,
+    )
 
 
 def fit_linear_probe(
@@ -247,23 +271,19 @@ def fit_linear_probe(
     start = time.perf_counter()
     pooled = FeatureSet(np.concatenate([train.features, validation.features]), np.concatenate([train.labels, validation.labels]))
     folds = _cv_folds(pooled, folds) if len(validation.labels) else 0
-    mean, std, on_validation, fits = search_c(train, validation, num_labels, c_grid, seed, class_weight)
-    cv = cross_validated_c(pooled, num_labels, c_grid, folds, seed, class_weight) if folds >= 2 else None
-    candidates = {C: score for C, (score, _) in cv.items()} if cv else on_validation
-    best = best_c(candidates)
-    weight, bias = _folded(*fits[best], mean, std)
-    probe = LinearProbe(
-        weight=weight, bias=bias, C=best, validation_macro_f1=on_validation[best], candidates=candidates, seconds=0.0,
-        folds=folds if cv else 0,
-    )
-    if cv:
+    if folds < 2:  # too few images of some class to cross-validate: C by the validation split, no refit on it
+        mean, std, candidates, fits = search_c(train, validation, num_labels, c_grid, seed, class_weight)
+        best = best_c(candidates)
+        weight, bias = _folded(*fits[best], mean, std)
+        probe = LinearProbe(weight=weight, bias=bias, C=best, validation_macro_f1=candidates[best], candidates=candidates, seconds=0.0)
+    else:
+        cv, oof_logits = cross_validated_c(pooled, num_labels, c_grid, folds, seed, class_weight)
+        candidates = {C: score for C, (score, _) in cv.items()}
+        best = best_c(candidates)
+        probe = _train_and_full_fits(train, validation, pooled, num_labels, best, seed, class_weight)
+        probe.candidates, probe.folds = candidates, folds
         probe.cv_macro_f1, probe.cv_std = cv[best]
-        full_mean, full_std = _standardiser(pooled.features)
-        full_x = (pooled.features - full_mean) / full_std
-        probe.full_weight, probe.full_bias = _folded(
-            *_fit_logistic(full_x, pooled.labels, num_labels, best, seed, class_weight), full_mean, full_std
-        )
-        probe.temperature = fit_temperature(out_of_fold_logits(pooled, num_labels, best, folds, seed, class_weight), pooled.labels)
+        probe.temperature = fit_temperature(oof_logits[best], pooled.labels)
         for name in ("weight", "bias", "full_weight", "full_bias"):
             setattr(probe, name, (getattr(probe, name) / probe.temperature).astype(np.float32))
     probe.seconds = time.perf_counter() - start

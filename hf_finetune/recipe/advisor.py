@@ -100,18 +100,23 @@ class RecipePlan:
             "choices": {name: asdict(choice) for name, choice in self.choices.items()},
         }
 
+    def used_choices(self) -> dict[str, Choice]:
+        """The choices the chosen strategy reads (all are recorded; "unused" ones and epoch settings change nothing)."""
+        return {n: c for n, c in self.choices.items() if not c.reason.startswith(("unused", _MIXUP_REASONS["off"]))}
+
     def format(self) -> str:
-        """The plan as console lines: one choice per line with its reason."""
+        """The plan as console lines: one choice the chosen strategy uses per line, with its reason."""
         m = self.measurements
         lift = "n/a" if m.knn_lift is None else f"{m.knn_lift:.2f}"
         lines = [
             f"Recipe advisor: {self.case} ({m.num_train} train images, {m.num_classes} classes, "
             f"{m.images_per_class:.0f} per class, k-NN lift {lift}, {m.grayscale_fraction:.0%} grayscale)",
         ]
-        width = max(len(name) for name in self.choices) if self.choices else 0
-        for name, choice in self.choices.items():
+        width = max(map(len, used := self.used_choices()), default=0)
+        for name, choice in used.items():
             tag = " [your flag]" if choice.source == "flag" else ""
             lines.append(f"  {name:<{width}} = {choice.value!s:<18}{tag} {choice.reason}")
+        lines += [f"  ({len(self.choices) - len(used)} unused fields: run_config.json -> recipe)"] * (len(used) < len(self.choices))
         return "\n".join(lines)
 
 

@@ -102,7 +102,7 @@ def feature_pass(
     )
 
 
-def _wants_stage_probe(finetune_args: FinetuneArguments) -> bool:
+def wants_stage_probe(finetune_args: FinetuneArguments) -> bool:
     """The advisor decides the depth: `--truncate-after auto`, or left unset under `--strategy auto`."""
     return finetune_args.truncate_after == TRUNCATE_AUTO or (finetune_args.truncate_after is None and finetune_args.strategy == AUTO)
 
@@ -136,7 +136,7 @@ def prepare_recipe(
         if reused:
             logger.info("Resuming: the advisor's choices of the first attempt are kept (%s).", ", ".join(reused))
     fixed = explicit_fields(arguments)
-    stage_probe = _wants_stage_probe(arguments.finetune)
+    stage_probe = wants_stage_probe(arguments.finetune)
     undecided = bool(undecided_fields(fixed, arguments.finetune.strategy, auto_depth=stage_probe))
     result = PreparedRecipe(model=model, arguments=arguments)
     if _needs_features(arguments.finetune, undecided) or stage_probe:

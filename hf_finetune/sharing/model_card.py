@@ -34,6 +34,8 @@ from hf_finetune.config.files import (
 )
 from hf_finetune.evaluation.plots import plot_lr_schedule, plot_training_curves, stage_lr_history
 from hf_finetune.sharing.card_after_training import after_training_context
+from hf_finetune.sharing.card_audit import audit_context
+from hf_finetune.sharing.card_text import head_learning_rate, recipe_context, redact_local_paths, user_command
 
 logger = logging.getLogger(__name__)
 
@@ -181,28 +183,6 @@ def _lr_rows(schedule: dict[str, Any], stages: list[str], freeze_events: list[di
     return rows
 
 
-def _recipe_context(recipe: Any) -> dict[str, Any] | None:
-    """The advisor's recipe (a later `recipe` key of run_config.json) as settings + reasons, whatever its shape."""
-    if not recipe:
-        return None
-    if not isinstance(recipe, dict):
-        return {"settings": [], "reasons": [str(recipe)]}
-    reasons: list[str] = []
-    settings: list[tuple[str, str]] = []
-    for key, value in recipe.items():
-        if key.lower() in ("why", "reason", "reasons", "rationale", "explanation", "notes"):
-            reasons.extend(value if isinstance(value, list) else [value])
-        elif isinstance(value, dict):
-            settings.extend(
-                (f"{key}.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-                for k, v in value.items()
-                if k != "stage_probe"  # its own table on the card
-            )
-        else:
-            settings.append((key, json.dumps(value) if isinstance(value, list) else str(value)))
-    return {"settings": settings, "reasons": [str(r) for r in reasons]}
-
-
 def _baseline_context(baseline: Any, report: dict[str, Any]) -> dict[str, Any] | None:
     """The linear-probe baseline (a later `baseline` key of test_report.json) beside the fine-tune."""
     if not isinstance(baseline, dict) or not baseline:
@@ -327,22 +307,25 @@ def _card_context(
         epochs=[record["epoch"] for record in schedule.get("epochs", [])],
         freeze_events=[e for e in freeze_events if e.get("unfrozen")],
         stages=config.get("stages", []),
-        recipe=_recipe_context(config.get("recipe")),
+        recipe=recipe_context(config.get("recipe")),
         truncation=config.get("truncation"),
         stage_probe=((config.get("recipe") or {}).get("measurements") or {}).get("stage_probe"),
         baseline=_baseline_context(report.get("baseline"), report),
         selection=_selection_context(config.get("model_selection")),
         seeds=config.get("seeds", {}),
         versions=config.get("versions", {}),
-        command=" ".join(config.get("command", [])),
+        command=user_command(config.get("command", [])),
+        head_lr=head_learning_rate(config.get("finetune", {}), config.get("training", {})),
+        model_ref_shown=redact_local_paths(identity["model_ref"]),
         best_checkpoint=config.get("best_checkpoint"),
         best_validation_macro_f1=_fmt(config.get("best_validation_macro_f1")),
         epochs_run=config.get("epochs_run"),
         training=config.get("training", {}),
-        full_config=json.dumps(config, indent=2, default=str),
+        full_config=json.dumps(redact_local_paths({**config, "command": user_command(config.get("command", []))}), indent=2, default=str),
         examples=sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else [],
         examples_dir=EXAMPLES_DIR,
         **after_training_context(output_dir, report),  # calibration, mistakes, TTA, ONNX export
+        **audit_context(output_dir, config, report),  # the data audit (data_audit.json)
     )
 
 
@@ -378,9 +361,13 @@ def build_model_card(
     config = _read_json(output_dir, RUN_CONFIG_FILE)
     report = _read_json(output_dir, TEST_REPORT_FILE)
     schedule = _read_json(output_dir, SCHEDULE_FILE, required=False)
-    if write_plots:
+    if write_plots and schedule.get("epochs"):  # a linear probe has no epochs: no empty plots
         plot_lr_schedule(schedule, config.get("freeze_events", []), os.path.join(output_dir, LR_SCHEDULE_FILE))
-        plot_training_curves(schedule, os.path.join(output_dir, TRAINING_CURVES_FILE))
+        best = str(config.get("best_checkpoint") or "").rpartition("checkpoint-")[2]
+        plot_training_curves(
+            schedule, os.path.join(output_dir, TRAINING_CURVES_FILE), config.get("freeze_events", []),
+            int(best) if best.isdigit() else None, (report.get("baseline") or {}).get("macro_f1"),
+        )
     identity = _card_identity(config, output_dir, repo_id, license)
     context = _card_context(output_dir, config, report, schedule, identity)
     template = Path(template_path) if template_path else default_template_path()
