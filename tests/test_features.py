@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hf_finetune import DataArguments, load_model_and_processor, load_splits
-from hf_finetune.probing.linear_probe import baseline_report, fit_linear_probe, write_probe_into_head
-from hf_finetune.probing.features import FeatureSet, compute_split_features, head_features_from_stage
 from hf_finetune.backbones.taps import extract_features, head_linear_layers
 from hf_finetune.backbones.truncation import truncate_model
+from hf_finetune.probing.features import FeatureSet, compute_split_features, head_features_from_stage
+from hf_finetune.probing.linear_probe import baseline_report, fit_linear_probe, write_probe_into_head
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_the_cross_validated_probe_is_deterministic_for_a_seed():
 
 
 def test_temperature_scaling_recovers_an_overconfident_scale():
-    from hf_finetune.probing.linear_probe import fit_temperature
+    from hf_finetune.evaluation.calibration import fit_temperature  # the one fit the probe uses too
 
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 1.5, (4000, 4))

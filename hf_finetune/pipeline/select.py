@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from hf_finetune.data.splits import DataSplits
+from hf_finetune.evaluation.calibration import negative_log_likelihood
 from hf_finetune.probing.linear_probe import LinearProbe, write_probe_into_head
 from hf_finetune.training.interpolation import State, capture_state, load_interpolation
 from hf_finetune.training.trainer import FinetuneTrainer
@@ -41,9 +42,7 @@ class Candidate:
 def _scores(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
     """Macro-F1, cross-entropy and the bootstrap standard deviation of the macro-F1."""
     predictions = logits.argmax(-1)
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    loss = negative_log_likelihood(logits, labels)
     macro_f1 = float(f1_score(labels, predictions, average="macro", zero_division=0))
     resampled = rng.integers(0, len(labels), size=(BOOTSTRAP_SAMPLES, len(labels)))
     spread = [f1_score(labels[i], predictions[i], average="macro", zero_division=0) for i in resampled]

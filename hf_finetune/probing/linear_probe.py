@@ -25,6 +25,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from hf_finetune.backbones.taps import head_linear_layers
+from hf_finetune.evaluation.calibration import fit_temperature
 from hf_finetune.evaluation.metrics import classification_report
 from hf_finetune.probing.features import FeatureSet, SplitFeatures
 
@@ -201,19 +202,6 @@ def out_of_fold_logits(
 ) -> np.ndarray:
     """Logits of every pooled image from the fold fit at `C` that did not see it (the folds of `cross_validated_c`)."""
     return cross_validated_c(pooled, num_labels, (C,), folds, seed, class_weight)[1][C]
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature `T` (0.05 .. 20) that minimises the cross-entropy of `logits / T` (temperature scaling)."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        scaled = logits / np.exp(log_t)
-        scaled = scaled - scaled.max(axis=1, keepdims=True)
-        log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-        return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
 
 
 def _cv_folds(pooled: FeatureSet, folds: int) -> int:
