@@ -57,7 +57,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("LoRA (parameter-efficient fine-tuning)", ("peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")),
     ("Data audit (duplicates, suspect labels)", ("audit", "dedupe", "near_duplicate_threshold", "drop_suspect_labels")),
-    ("Evaluation", ("metric_for_best_model", "tta", "interpret_split", "calibrate")),
+    ("Evaluation", ("metric_for_best_model", "tta", "ema", "interpret_split", "calibrate")),
     ("Output folder, trackers and sharing", (
         "overwrite_output_dir", "keep_checkpoints", "resume_from_checkpoint", "report_to", "disable_tqdm",
         "feature_cache_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "push_demo", "space_id", "license",

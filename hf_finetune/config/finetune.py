@@ -30,6 +30,7 @@ from hf_finetune.config.choices import (
     PEFT_METHODS,
     STRATEGIES,
 )
+from hf_finetune.config.evaluation import CALIBRATE_HELP, EMA_HELP, INTERPRET_SPLIT_HELP, TTA_HELP, check_ema_decay
 
 
 @dataclass
@@ -258,31 +259,10 @@ class FinetuneArguments:
             "linear layers of the blocks for CNNs)."
         },
     )
-    tta: bool = field(
-        default=False,
-        metadata={
-            "help": "Test-time augmentation: also evaluate the test split with the logits averaged over the image, its "
-            "mirror image and three crops (test_report.json `tta`, beside the plain numbers, which stay what "
-            "`pipeline` returns). `python -m hf_finetune predict --tta` predicts the same way."
-        },
-    )
-    interpret_split: str = field(
-        default="test",
-        metadata={
-            "help": "Split of the top-losses gallery and the most-confused class pairs: test, or validation for "
-            "iterating without looking at test images.",
-            "choices": ["test", "validation"],
-        },
-    )
-    calibrate: bool = field(
-        default=False,
-        metadata={
-            "help": "Temperature scaling: fit T on the validation split and divide the head's last linear layer by it, "
-            "so the saved model returns calibrated probabilities (argmax unchanged); T and the ECE before/after go to "
-            "test_report.json `calibration` (the ECE and reliability diagram are reported either way). Off by "
-            "default: no measured gain yet (docs/benchmarks.md)."
-        },
-    )
+    tta: bool = field(default=False, metadata={"help": TTA_HELP})
+    ema: float | None = field(default=None, metadata={"help": EMA_HELP})
+    interpret_split: str = field(default="test", metadata={"help": INTERPRET_SPLIT_HELP, "choices": ["test", "validation"]})
+    calibrate: bool = field(default=False, metadata={"help": CALIBRATE_HELP})
     audit: str = field(default=AUTO, metadata={"help": AUDIT_HELP, "choices": list(AUDIT_MODES)})
     dedupe: bool = field(default=False, metadata={"help": DEDUPE_HELP})
     near_duplicate_threshold: float = field(default=NEAR_DUPLICATE_THRESHOLD, metadata={"help": THRESHOLD_HELP})
@@ -319,6 +299,7 @@ class FinetuneArguments:
                 raise ValueError(f"`--{name.replace('_', '-')}` must lie in [0, 1), got {value}.")
         if self.time_budget is not None and not (self.time_budget > 0 and math.isfinite(self.time_budget)):
             raise ValueError(f"`--time-budget` must be a positive number of minutes, got {self.time_budget}.")
+        check_ema_decay(self.ema)
         if self.kfold == 1 or self.kfold < 0:
             raise ValueError(f"`--kfold` must be 0 (off) or at least 2 folds, got {self.kfold}.")
         if self.unfreeze_warmup_epochs < 0:

@@ -35,6 +35,7 @@ from hf_finetune.pipeline.record import argument_sections, check_output_dir, che
 from hf_finetune.probing.feature_cache import checkpoint_fingerprint
 from hf_finetune.recipe.prepare import PreparedRecipe, load_model, prepare_recipe
 from hf_finetune.recipe.resolve import RunArguments
+from hf_finetune.training.callbacks.ema import EmaCallback
 from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback, unfreeze_units
 from hf_finetune.training.callbacks.interrupt import last_checkpoint
 from hf_finetune.training.callbacks.monitor import GapMonitorCallback, TrainPredictionLog
@@ -73,10 +74,12 @@ def build_trainer(
     monitor = GapMonitorCallback(
         train_log, mixer, mode=finetune_args.mixup, threshold=finetune_args.gap_threshold, patience=finetune_args.gap_patience
     )
+    ema = EmaCallback(finetune_args.ema, metric=training_args.metric_for_best_model) if finetune_args.ema is not None else None
     callbacks = [
         StageUnfreezeCallback.from_args(finetune_args, metric=metric),
         monitor,
-        ScheduleRecorderCallback(training_args.output_dir, field_sources=[monitor.epoch_fields]),
+        *([ema] if ema else []),
+        ScheduleRecorderCallback(training_args.output_dir, field_sources=[monitor.epoch_fields, *([ema.epoch_fields] if ema else [])]),
     ]
     if uses_plateau(finetune_args.lr_schedule, training_args.lr_scheduler_type):
         callbacks.append(PlateauLRCallback(metric=metric, patience=finetune_args.plateau_patience))

@@ -32,7 +32,7 @@ from hf_finetune.pipeline.after_training import interpret_and_calibrate, split_l
 from hf_finetune.pipeline.assemble import PreparedRun, prepare_run
 from hf_finetune.pipeline.data_audit import leakage_report
 from hf_finetune.pipeline.record import update_run_config, write_run_config
-from hf_finetune.pipeline.select import choose_interpolation
+from hf_finetune.pipeline.select import choose_ema, choose_interpolation
 from hf_finetune.recipe.advisor import RecipePlan
 from hf_finetune.recipe.prepare import interpolates
 from hf_finetune.recipe.resolve import RunArguments
@@ -188,12 +188,15 @@ def train(run: PreparedRun) -> None:
 
 
 def select_model(run: PreparedRun, start: State | None) -> None:
-    """Model selection on validation: after a fine-tune from the probe head (the advisor's LP-FT), the probe, the
-    fine-tune or their weight-space interpolation, whichever scores best (`pipeline/select.py`); otherwise the
-    Trainer's best checkpoint, already loaded."""
+    """Model selection on validation (`pipeline/select.py`): with `--ema`, the Trainer's best checkpoint (already
+    loaded) or the best moving average; then, after a fine-tune from the probe head (the advisor's LP-FT), the probe,
+    that model or their weight-space interpolation, whichever scores best."""
+    arguments = run.arguments
+    ema = run.trainer.ema_callback
+    if ema is not None and _trains(run):
+        run.extra["ema"] = choose_ema(run.trainer, run.splits, ema, arguments.training.seed)
     if start is None:
         return
-    arguments = run.arguments
     run.extra["model_selection"] = choose_interpolation(
         run.trainer, run.splits, start, run.recipe.probe, arguments.training.seed
     )

@@ -1,5 +1,6 @@
-"""Model selection after a fine-tune from the linear-probe head (LP-FT): the probe, the fine-tune, or a weight-space
-interpolation of the two (WiSE-FT), chosen on the validation split.
+"""Model selection on the validation split: with `--ema`, the raw best checkpoint or the best moving average of the
+weights (`choose_ema`); after a fine-tune from the linear-probe head (LP-FT), the probe, the fine-tune, or a
+weight-space interpolation of the two (WiSE-FT, `choose_interpolation`).
 
 Every candidate is scored the same way on the same images: the validation split, which neither the fine-tune nor the
 probe start was fitted on. Small validation splits are noisy, so each candidate's score comes with its paired
@@ -19,6 +20,7 @@ from sklearn.metrics import f1_score
 from hf_finetune.data.splits import DataSplits
 from hf_finetune.evaluation.calibration import negative_log_likelihood
 from hf_finetune.probing.linear_probe import LinearProbe, write_probe_into_head
+from hf_finetune.training.callbacks.ema import EmaCallback
 from hf_finetune.training.interpolation import State, capture_state, load_interpolation
 from hf_finetune.training.trainer import FinetuneTrainer
 
@@ -53,6 +55,30 @@ def _validation_logits(trainer: FinetuneTrainer, splits: DataSplits) -> tuple[np
     output = trainer.predict(splits.validation, metric_key_prefix="selection")
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     return np.asarray(logits, dtype=np.float64), np.asarray(output.label_ids)
+
+
+def choose_ema(trainer: FinetuneTrainer, splits: DataSplits, ema: EmaCallback, seed: int) -> dict[str, Any]:
+    """`--ema`: scores the trainer's model (the raw best checkpoint) and the best moving average on validation, loads
+    the better into the trainer's model (ties keep the raw weights) and returns what `run_config.json` records
+    under `ema`."""
+    rng = np.random.default_rng(seed)
+    keys = ("validation_macro_f1", "validation_loss", "bootstrap_std")
+    raw = dict(zip(keys, _scores(*_validation_logits(trainer, splits), rng)))
+    record = {**ema.summary(), "raw": raw}
+    if ema.best_state is None:
+        return {**record, "chosen": "raw", "reason": "the moving average was never evaluated"}
+    raw_state = capture_state(trainer.model)
+    trainer.model.load_state_dict(ema.best_state)
+    averaged = dict(zip(keys, _scores(*_validation_logits(trainer, splits), rng)))
+    better = (round(averaged["validation_macro_f1"], 6), -averaged["validation_loss"]) > (
+        round(raw["validation_macro_f1"], 6), -raw["validation_loss"])
+    if not better:
+        trainer.model.load_state_dict(raw_state)
+    logger.info("Moving average (decay %g) vs raw weights on validation: macro-F1 %.4f vs %.4f; keeping the %s weights.",
+                ema.decay, averaged["validation_macro_f1"], raw["validation_macro_f1"], "averaged" if better else "raw")
+    return {**record, "averaged": averaged, "chosen": "ema" if better else "raw",
+            "reason": "the best moving average scored higher on validation than the raw best checkpoint" if better
+            else "the moving average did not score higher on validation than the raw best checkpoint"}
 
 
 def choose_interpolation(

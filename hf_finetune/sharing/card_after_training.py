@@ -56,13 +56,26 @@ def _mistakes(output_dir: str, report: dict[str, Any]) -> dict[str, Any] | None:
     return {**interpretation, "top_losses": rows, "image": TOP_LOSSES_PLOT if os.path.isfile(os.path.join(output_dir, TOP_LOSSES_PLOT)) else None}
 
 
-def after_training_context(output_dir: str, report: dict[str, Any]) -> dict[str, Any]:
-    """Template variables `calibration`, `mistakes`, `tta`, `onnx` (each `None` when not recorded)."""
+def _ema(record: Any) -> dict[str, Any] | None:
+    """`--ema`: the moving average beside the raw weights on validation, and which was kept."""
+    if not isinstance(record, dict) or "chosen" not in record:
+        return None
+    best = record.get("best") or {}
+    averaged = record.get("averaged") or {}
+    return {"decay": f"{record['decay']:g}", "chosen": "moving average" if record["chosen"] == "ema" else "raw weights",
+            "reason": record.get("reason", ""), "raw": f"{record['raw']['validation_macro_f1']:.4f}",
+            "averaged": f"{averaged['validation_macro_f1']:.4f}" if averaged else "not evaluated",
+            "best_epoch": f"{best['epoch']:g}" if best.get("epoch") is not None else "-"}
+
+
+def after_training_context(output_dir: str, report: dict[str, Any], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Template variables `calibration`, `mistakes`, `tta`, `onnx`, `ema` (each `None` when not recorded)."""
     tta = report.get("tta")
     onnx = _load(os.path.join(output_dir, ONNX_DIR, ONNX_REPORT_FILE))
     return {
         "calibration": _calibration(report),
         "mistakes": _mistakes(output_dir, report),
         "tta": {**tta, "accuracy": f"{tta['accuracy']:.4f}", "macro_f1": f"{tta['macro_f1']:.4f}"} if tta else None,
+        "ema": _ema((config or {}).get("ema")),
         "onnx": {**onnx, "file": f"{ONNX_DIR}/{ONNX_MODEL_FILE}", "max_abs_diff": f"{onnx['max_abs_diff']:.1e}"} if onnx else None,
     }

@@ -324,7 +324,7 @@ def _card_context(
         full_config=json.dumps(redact_local_paths({**config, "command": user_command(config.get("command", []))}), indent=2, default=str),
         examples=sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else [],
         examples_dir=EXAMPLES_DIR,
-        **after_training_context(output_dir, report),  # calibration, mistakes, TTA, ONNX export
+        **after_training_context(output_dir, report, config),  # calibration, mistakes, TTA, ONNX export
         **audit_context(output_dir, config, report),  # the data audit (data_audit.json)
     )
 

@@ -28,6 +28,7 @@ from hf_finetune.backbones.targets import no_weight_decay_names
 from hf_finetune.config.choices import with_fallbacks
 from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.data.mixing import BatchMixer
+from hf_finetune.training.callbacks.ema import EmaCallback
 from hf_finetune.training.callbacks.interrupt import check_finite_loss
 from hf_finetune.training.callbacks.monitor import GapMonitorCallback, TrainPredictionLog
 from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback
@@ -177,6 +178,25 @@ class FinetuneTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         check_finite_loss(loss, self.state, self.optimizer, self.args.output_dir)
         return loss
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The Trainer's evaluation; with `--ema`, the moving average is scored first on the same split (`eval_ema_*`,
+        logged and returned beside the raw metrics), so the callbacks that react to this evaluation see both."""
+        ema = self.ema_callback
+        if ema is None or ema.average is None or metric_key_prefix != "eval":
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        with ema.averaged_weights(self.model):
+            output = self.evaluation_loop(
+                self.get_eval_dataloader(eval_dataset), description="Evaluation of the moving average",
+                ignore_keys=ignore_keys, metric_key_prefix="eval_ema",
+            )
+        ema.record(output.metrics, self.state.epoch, self.state.global_step)
+        self.log(output.metrics)
+        return {**super().evaluate(eval_dataset, ignore_keys, metric_key_prefix), **output.metrics}
+
+    @property
+    def ema_callback(self) -> EmaCallback | None:
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, EmaCallback)), None)
 
     def _lr_curve(self, num_training_steps: int):
         """The `--lr-schedule` curve, or None for the Trainer's own `--lr-scheduler-type`."""
