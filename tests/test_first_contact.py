@@ -45,7 +45,8 @@ def test_an_unknown_flag_names_the_right_one(capsys):
     assert_mentions(capsys.readouterr().err, "--num_epochs", "did you mean `--num_train_epochs`", "`--model_name_or_path`", "`--model`")
 
 
-NOISE = ("LOAD REPORT", "Downloading data", "torchvision backend", "save_pretrained` method is disabled")
+NOISE = ("LOAD REPORT", "Downloading data", "torchvision backend", "save_pretrained` method is disabled", "Loading weights",
+         "Writing model shards")
 
 
 @pytest.mark.parametrize("kind", ["vit", "timm"])

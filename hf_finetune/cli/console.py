@@ -9,6 +9,9 @@ except those a fine-tuning run causes on purpose and explains itself:
 - "Requested torchvision backend is not available. Falling back to pil backend": the processor works either way.
 - "The `save_pretrained` method is disabled for TimmWrapperImageProcessor": at every checkpoint; the model's
   config.json holds the processor's settings, as transformers intends.
+
+Progress bars: every long phase has one (image check, feature pass, training, evaluation); transformers' sub-second
+"Loading weights" and "Writing model shards" bars, drawn at every load and checkpoint, are not shown.
 """
 
 from __future__ import annotations
@@ -64,12 +67,25 @@ def configure_console(package_logger: logging.Logger) -> None:
             handler.addFilter(_FILTER)
 
 
+# transformers' progress bars that only flash by: one per model load and one per checkpoint written.
+QUIET_BARS = ("Loading weights", "Writing model shards")
+
+
+def _quiet_short_bars(factory, args, kwargs):
+    """transformers' tqdm hook: the bars in `QUIET_BARS` are created disabled, every other bar as asked."""
+    if kwargs.get("desc") in QUIET_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
 def set_progress_bars(enabled: bool) -> None:
     """Progress bars of transformers, datasets and hf_finetune's own phases (they share transformers' switch) on or
     off: `--disable-tqdm true` turns them all off."""
     import datasets
     import transformers
 
+    if hasattr(transformers.utils.logging, "set_tqdm_hook"):  # public since transformers 5.x; older: the bars show
+        transformers.utils.logging.set_tqdm_hook(_quiet_short_bars)
     if enabled:
         transformers.utils.logging.enable_progress_bar()
         datasets.utils.logging.enable_progress_bar()
