@@ -85,7 +85,8 @@ def save_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str,
     ax.set_ylabel("true")
     total = int(array.sum())
     accuracy = f", accuracy {np.trace(array) / total:.1%}" if total else ""
-    ax.set_title(f"{title}\n(n = {total}{accuracy}; row % = share of the true class)", fontsize=10)
+    # Three short lines: a small matrix's axes are narrower than one long title line (tight_layout does not wrap).
+    ax.set_title(f"{title}\nn = {total}{accuracy}\nrow % = share of the true class", fontsize=10)
     for i in range(array.shape[0]):
         for j in range(array.shape[1]):
             colour = "white" if shares[i, j] > 0.5 else "black"
