@@ -71,6 +71,8 @@ def probe_main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     best, top = probe.best, probe.top
+    for stage in probe.stages:  # the curve the summary line condenses
+        print(f"  {stage.name:<12} dim {stage.feature_dim:>5}  CV macro-F1 {stage.macro_f1_mean:.4f} +/- {stage.macro_f1_std:.4f}")
     print(
         f"hf_finetune probe: best stage {best.name} (CV macro-F1 {best.macro_f1_mean:.4f} +/- {best.macro_f1_std:.4f}), "
         f"top stage {top.name} ({top.macro_f1_mean:.4f} +/- {top.macro_f1_std:.4f}) -> "

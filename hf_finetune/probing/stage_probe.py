@@ -157,8 +157,12 @@ def probe_stages(
                 C=chosen,
             )
         )
-        logger.info("Stage probe %-10s dim %5d: CV macro-F1 %.4f +/- %.4f (C=%g)", name, x.shape[1], scores[-1].macro_f1_mean, scores[-1].macro_f1_std, chosen)
-    return StageProbe(stages=scores, folds=k, seed=seed, seconds=time.perf_counter() - start)
+        logger.debug("Stage probe %-10s dim %5d: CV macro-F1 %.4f +/- %.4f (C=%g)", name, x.shape[1], scores[-1].macro_f1_mean, scores[-1].macro_f1_std, chosen)
+    probe = StageProbe(stages=scores, folds=k, seed=seed, seconds=time.perf_counter() - start)
+    if scores:  # one line; the per-stage curve is in run_config.json (recipe) and stage_probe.png of `probe`
+        logger.info("Stage probe over %d stages (%d-fold CV macro-F1): best %s %.3f, top %s %.3f (%.1fs)", len(scores), k,
+                    probe.best.name, probe.best.macro_f1_mean, probe.top.name, probe.top.macro_f1_mean, probe.seconds)
+    return probe
 
 
 def write_stage_probe(probe: StageProbe, output_dir: str, extra: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -121,12 +121,26 @@ def build_param_groups(
     return groups, specs
 
 
+def group_learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The current LR of every optimizer group, by group name (its index for a group without one)."""
+    return {group.get("name", str(i)): float(group["lr"]) for i, group in enumerate(optimizer.param_groups)}
+
+
 def log_param_groups(specs: list[GroupSpec], model: torch.nn.Module) -> None:
-    """One line per group: name, tensors, parameters, LR, weight decay (nanoGPT-style)."""
+    """One INFO line: groups, stages and the LR span; the per-group table (name, tensors, parameters, LR, weight decay,
+    nanoGPT-style) at DEBUG level. The card and schedule.json hold every group's LR over the run."""
+    if not specs:
+        return
+    stages = list(dict.fromkeys(spec.name.split("/")[0] for spec in specs))
+    top, bottom = max(specs, key=lambda s: s.lr), min(specs, key=lambda s: s.lr)
+    logger.info(
+        "Optimizer: %d groups over %d stages (decay / no-decay); LR %.3g (%s) down to %.3g (%s) before warmup/decay; "
+        "weight decay %g.", len(specs), len(stages), top.lr, top.name.split("/")[0], bottom.lr,
+        bottom.name.split("/")[0], max(spec.weight_decay for spec in specs),
+    )
     sizes = {name: p.numel() for name, p in model.named_parameters()}
-    logger.info("Optimizer groups (head first; LRs before warmup/decay):")
     for spec in specs:
-        logger.info(
+        logger.debug(
             "  %-28s %4d tensors %10s params  lr %.3g  wd %g",
             spec.name, spec.num_params, f"{sum(sizes[n] for n in spec.param_names):,}", spec.lr, spec.weight_decay,
         )
