@@ -13,7 +13,6 @@ not generalisation. `held_out_twins` lists those copies; `--dedupe` drops them b
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +26,8 @@ SPLIT_ORDER = ("train", "validation", "test")
 # Near neighbours from which an image counts as crowded (featureless: like many images, a copy of none). A photo
 # and its burst or augmented copies make groups of 2-4.
 MAX_NEAR_TWINS = 3
-# Rows per block of the similarity matrix: bounds memory at BLOCK_ROWS x images floats.
-BLOCK_ROWS = 1024
+# Similarities computed at once (float32): rows per block = this // images, so a block stays near 64 MB.
+BLOCK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -99,21 +98,48 @@ def centred_unit_vectors(features_by_split: dict[str, np.ndarray]) -> np.ndarray
     return centred / np.maximum(norms, 1e-12)
 
 
-def similar_index_pairs(unit: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, similarity) of every pair i < j of rows of `unit` whose dot product is at least `threshold`, in blocks
-    of `BLOCK_ROWS` rows (the full matrix of a large dataset would not fit in memory)."""
+def similar_index_pairs(
+    unit: np.ndarray, threshold: float, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Near pairs among the rows of `unit`, with memory linear in the rows however many of them look alike.
+
+    Each block of rows is compared with every row, so a row's near neighbours (dot product >= `threshold`, itself
+    and rows of its own `groups` id, i.e. byte-identical copies, not counted) are all known once its block is done.
+    A row with more than `MAX_NEAR_TWINS` of them is crowded and its pairs are never stored: a dataset of
+    featureless images would otherwise store a pair for most of the n^2 / 2 combinations.
+
+    Args:
+        unit (`np.ndarray`): `[N, D]` unit vectors (`centred_unit_vectors`).
+        threshold (`float`): the near-duplicate similarity.
+        groups (`np.ndarray`, *optional*): `[N]` int ids, equal for rows with the same content hash.
+
+    Returns:
+        `(i, j, similarity, crowded)`: every pair i < j of rows that are near, neither of them crowded, and not in
+        the same group; and the `[N]` boolean crowded mask.
+    """
+    count = len(unit)
+    groups = np.arange(count) if groups is None else np.asarray(groups)
+    crowded = np.zeros(count, dtype=bool)
     found_i, found_j, found_s = [], [], []
-    for start in range(0, len(unit), BLOCK_ROWS):
-        block = unit[start : start + BLOCK_ROWS] @ unit[start:].T
-        rows, cols = np.nonzero(block >= threshold)
-        keep = cols > rows  # the upper triangle: each pair once, never an image with itself
-        rows, cols = rows[keep], cols[keep]
-        found_i.append(rows + start)
-        found_j.append(cols + start)
-        found_s.append(block[rows, cols])
+    step = max(1, BLOCK_ELEMENTS // max(count, 1))
+    for start in range(0, count, step):
+        rows = np.arange(start, min(start + step, count))
+        block = unit[rows] @ unit.T
+        near = (block >= threshold) & (groups[None, :] != groups[rows, None])  # also drops each row itself
+        crowded[rows] = near.sum(axis=1) > MAX_NEAR_TWINS
+        near[crowded[rows]] = False
+        upto = int(rows[-1]) + 1
+        near[:, :upto] &= np.arange(upto)[None, :] > rows[:, None]  # the upper triangle: each pair once
+        local, cols = np.nonzero(near)
+        found_i.append(rows[local])
+        found_j.append(cols)
+        found_s.append(block[local, cols])
     if not found_i:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32), crowded
+    i, j, sims = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    keep = ~crowded[j]  # j's own block may have come after i's
+    return i[keep], j[keep], sims[keep], crowded
 
 
 def find_duplicates(
@@ -136,17 +162,16 @@ def find_duplicates(
     """
     pairs = {(p.first, p.second): p for p in exact_duplicate_pairs(keys_by_split)}
     where = [(s, r) for s in SPLIT_ORDER if s in features_by_split for r in range(len(features_by_split[s]))]
-    near: list[DuplicatePair] = []
+    crowded: set[tuple[str, int]] = set()
     if where:
-        key_of = {(s, r): keys_by_split[s][r] for s, r in where}
-        rows_i, rows_j, sims = similar_index_pairs(centred_unit_vectors(features_by_split), threshold)
+        # Equal bytes: an exact pair already, never a near one.
+        group_ids: dict[str, int] = {}
+        groups = np.asarray([group_ids.setdefault(keys_by_split[s][r], len(group_ids)) for s, r in where])
+        rows_i, rows_j, sims, crowded_rows = similar_index_pairs(centred_unit_vectors(features_by_split), threshold, groups)
+        crowded = {where[i] for i in np.flatnonzero(crowded_rows).tolist()}
         for i, j, sim in zip(rows_i.tolist(), rows_j.tolist(), sims.tolist()):
             a, b = _ordered(where[i], where[j])
-            if key_of[a] != key_of[b] and (a, b) not in pairs:  # equal bytes: an exact pair already
-                near.append(DuplicatePair(a, b, similarity=min(float(sim), 1.0), exact=False))
-    neighbours = Counter(side for pair in near for side in (pair.first, pair.second))
-    crowded = {side for side, count in neighbours.items() if count > MAX_NEAR_TWINS}
-    pairs.update({(p.first, p.second): p for p in near if p.first not in crowded and p.second not in crowded})
+            pairs[(a, b)] = DuplicatePair(a, b, similarity=min(float(sim), 1.0), exact=False)
     rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
     ordered = sorted(
         pairs.values(),
