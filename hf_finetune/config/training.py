@@ -14,6 +14,62 @@ from hf_finetune.config.choices import ADVISOR_HELP, VALIDATION_METRICS
 from hf_finetune.config.finetune import FinetuneArguments
 
 
+# `--report-to` trackers that need a package: transformers' availability check, the module and what to install.
+# (kubeflow needs none: transformers adds it by itself inside a Kubeflow TrainJob.)
+_TRACKER_PACKAGES: dict[str, tuple[str, str, str]] = {
+    "azure_ml": ("is_azureml_available", "azureml", "azureml-sdk"),
+    "clearml": ("is_clearml_available", "clearml", "clearml"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon", "codecarbon"),
+    "comet_ml": ("is_comet_available", "comet_ml", "comet-ml"),
+    "dagshub": ("is_dagshub_available", "dagshub", "dagshub mlflow"),
+    "dvclive": ("is_dvclive_available", "dvclive", "dvclive"),
+    "flyte": ("is_flytekit_available", "flytekit", "flytekit"),
+    "mlflow": ("is_mlflow_available", "mlflow", "mlflow"),
+    "neptune": ("is_neptune_available", "neptune", "neptune"),
+    "swanlab": ("is_swanlab_available", "swanlab", "swanlab"),
+    "tensorboard": ("is_tensorboard_available", "tensorboard", "tensorboard"),
+    "trackio": ("is_trackio_available", "trackio", "trackio"),
+    "wandb": ("is_wandb_available", "wandb", "wandb"),
+}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Refuses a `--report-to` tracker transformers does not know or cannot use, before anything loads.
+
+    transformers only finds out when the Trainer is built (after the model and the data were loaded), and then raises
+    a `RuntimeError` from the tracker's callback.
+
+    Args:
+        report_to (`list[str]`): the trackers, as `TrainingArguments` normalises `--report-to`.
+    """
+    import importlib.util
+
+    from transformers import integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in report_to:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(
+                f"`--report-to` {name!r} is not a tracker transformers knows: use one or more of "
+                f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or 'all' (every installed one) or 'none'."
+            )
+        if name not in _TRACKER_PACKAGES:
+            continue
+        available, module, package = _TRACKER_PACKAGES[name]
+        if getattr(integrations, available)():
+            continue
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(
+                f"`--report-to` {name!r}: the {name} package is not installed. Install it with "
+                f"`pip install {package}`, or drop {name!r} from `--report-to`."
+            )
+        raise ValueError(
+            f"`--report-to` {name!r}: {module} is installed but transformers cannot use it (`{available}()` is False; "
+            f"see its warning above, e.g. a missing API key or an outdated version). Fix that (`pip install -U "
+            f"{package}`), or drop {name!r} from `--report-to`."
+        )
+
+
 def _has_gpu(use_cpu: bool) -> bool:
     import torch
 
@@ -130,6 +186,7 @@ class FinetuneTrainingArguments(TrainingArguments):
             if not torch.cuda.is_available():
                 self.use_cpu = True
         super().__post_init__()
+        check_trackers(self.report_to)  # after the parent turned the flag into a list ('all' into what is installed)
 
 
 @dataclass

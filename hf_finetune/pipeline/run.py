@@ -51,6 +51,7 @@ from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback
 from hf_finetune.training.interpolation import State, capture_state
 from hf_finetune.training.lora import save_lora_model
 from hf_finetune.training.lr_find import lr_range_test, save_lr_find
+from hf_finetune.training.trackers import report_scalars
 from hf_finetune.training.trainer import FinetuneTrainer
 
 __all__ = ["RunResult", "evaluate", "run_finetune", "save", "select_model", "train"]
@@ -214,7 +215,21 @@ def evaluate(run: PreparedRun) -> dict[str, Any]:
         logger.info("Test macro-F1: fine-tune %.4f vs linear-probe baseline %.4f", report["macro_f1"], baseline["macro_f1"])
     report.update(interpret_and_calibrate(run, report, test))  # folds the temperature into the head before `save`
     report.update(leakage_report(run.extra, test))  # test metrics without the test images that have a twin in train
+    _report_to_trackers(run, report)
     return report
+
+
+def _report_to_trackers(run: PreparedRun, report: dict[str, Any]) -> None:
+    """The final test metrics and the baseline's go to every `--report-to` tracker through the Trainer's own log."""
+    trainer = run.trainer
+    if not trainer.args.report_to:
+        return
+    if not _trains(run):
+        # The trackers start with the training loop (TensorBoard picks its folder there); a probe fitted on cached
+        # features has none, and test_report.json holds its metrics.
+        logger.info("--report-to: a linear probe on cached features has no training loop to report; see the test report.")
+        return
+    trainer.log(report_scalars(report))
 
 
 def save(run: PreparedRun, report: dict[str, Any], share_args: ShareArguments, repo_id: str) -> PushResult | None:
@@ -257,13 +272,12 @@ def save(run: PreparedRun, report: dict[str, Any], share_args: ShareArguments, r
 def _training_record(trainer: FinetuneTrainer) -> dict[str, Any]:
     """What the callbacks saw: freeze events, epochs, the gap monitor's history, the best checkpoint.
 
-    The callbacks are looked up in the handler, not kept from `build_trainer`: a resume re-creates stateful
-    callbacks from their saved state (`Trainer._load_callback_state`), replacing the objects built at assembly.
+    The callbacks are looked up in the handler (`find_callback`), not kept from `build_trainer`: a resume re-creates
+    them from their saved state.
     """
-    callbacks = trainer.callback_handler.callbacks
-    unfreeze = next(cb for cb in callbacks if isinstance(cb, StageUnfreezeCallback))
-    recorder = next(cb for cb in callbacks if isinstance(cb, ScheduleRecorderCallback))
-    monitor = next(cb for cb in callbacks if isinstance(cb, GapMonitorCallback))
+    unfreeze = trainer.find_callback(StageUnfreezeCallback)
+    recorder = trainer.find_callback(ScheduleRecorderCallback)
+    monitor = trainer.find_callback(GapMonitorCallback)
     return {
         "freeze_events": unfreeze.events,
         "best_checkpoint": trainer.state.best_model_checkpoint,

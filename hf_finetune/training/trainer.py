@@ -4,7 +4,9 @@ Documented hooks do the work: `create_optimizer` builds one group pair per stage
 absolute LRs and the chosen optimizer (AdamW, RAdam, SGD or the Trainer's `--optim`), `create_scheduler` gates the
 schedule per group so unfreezing never rebuilds either, `compute_loss` adds mixup/CutMix soft targets, class
 weights, label smoothing, L2-SP and the training-prediction log of the gap monitor, and `training_step` stops the
-run on a NaN/inf loss (`interrupt.check_finite_loss`). The loop itself is transformers'.
+run on a NaN/inf loss (`interrupt.check_finite_loss`). With `--report-to`, `log`, `training_step` and `evaluate` also
+hand every tracker each group's LR, the freeze events and the train/validation gap (`trackers.py`). The loop itself
+is transformers'.
 
 Four private methods are overridden where transformers offers no public hook; `PRIVATE_OVERRIDES` says why for
 each, and tests/test_trainer_hooks.py fails if a transformers upgrade removes one or changes its signature.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -29,6 +31,7 @@ from hf_finetune.config.choices import with_fallbacks
 from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.data.mixing import BatchMixer
 from hf_finetune.training.callbacks.ema import EmaCallback
+from hf_finetune.training.callbacks.freezing import StageUnfreezeCallback
 from hf_finetune.training.callbacks.interrupt import check_finite_loss
 from hf_finetune.training.callbacks.monitor import GapMonitorCallback, TrainPredictionLog
 from hf_finetune.training.callbacks.schedule_log import ScheduleRecorderCallback
@@ -36,6 +39,7 @@ from hf_finetune.training.lr_curves import cyclic, one_cycle, uses_plateau, warm
 from hf_finetune.training.lr_schedule import build_staged_scheduler
 from hf_finetune.training.param_groups import GroupSpec, build_param_groups, log_param_groups
 from hf_finetune.training.regularization import L2SP, balanced_sample_weights, classification_loss
+from hf_finetune.training.trackers import freeze_scalars, gap_scalars, learning_rate_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ PRIVATE_OVERRIDES: dict[str, str] = {
 
 # Fused AdamW runs on CPU, CUDA and MPS from torch 2.8 on (transformers' own default from that version).
 _FUSED_ADAMW = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
+
+CallbackT = TypeVar("CallbackT")
 
 
 class FinetuneTrainer(Trainer):
@@ -93,6 +99,10 @@ class FinetuneTrainer(Trainer):
         self.class_weights = class_weights
         self.mixer = mixer
         self.train_log = train_log
+        # What `--report-to` trackers get beyond the Trainer's logs (`trackers.py`): the LRs of the current step, and
+        # the last step whose freeze events were sent.
+        self.step_learning_rates: dict[str, float] = {}
+        self._freeze_sent_at: int | None = None
         # compute_loss returns a per-batch mean: the Trainer divides it by the gradient accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._connect_callbacks()
@@ -173,13 +183,47 @@ class FinetuneTrainer(Trainer):
         return self.lr_scheduler
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        if self.args.report_to:
+            self._report_step()
         # The Trainer passes no loss to callbacks and, with `logging_nan_inf_filter`, hides a NaN from the logs: the
         # check runs here, after backward and before the optimizer step, so the weights never become NaN.
         loss = super().training_step(model, inputs, num_items_in_batch)
         check_finite_loss(loss, self.state, self.optimizer, self.args.output_dir)
         return loss
 
+    # ---- what the trackers get (`--report-to`; `trackers.py`) -----------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # A training log carries the Trainer's `learning_rate` (group 0, the head's): every group's LR goes beside it,
+        # sampled at the same point (the LR the step just taken used).
+        if self.args.report_to and "learning_rate" in logs:
+            logs.update(self.step_learning_rates)
+        super().log(logs, start_time)
+
+    def _report_step(self) -> None:
+        """Keeps this step's LRs for the next training log and sends the freeze events of this step once, at this
+        step: the unfreeze callback acts in `on_epoch_begin`, before the epoch's first training step."""
+        self.step_learning_rates = learning_rate_scalars(self.optimizer)
+        unfreeze = self.find_callback(StageUnfreezeCallback)
+        step = self.state.global_step
+        if unfreeze is None or step == self._freeze_sent_at:
+            return
+        scalars = freeze_scalars(unfreeze.events, step)
+        if scalars:
+            self._freeze_sent_at = step
+            self.log(scalars)
+
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The Trainer's evaluation (see `_evaluate_raw_and_ema`); then the trackers get the train/validation gap the
+        gap monitor computed from it (it reacts to the evaluation, after the Trainer logged the metrics)."""
+        monitor = self.find_callback(GapMonitorCallback)
+        last = monitor.history[-1] if monitor is not None and monitor.history else None
+        metrics = self._evaluate_raw_and_ema(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.args.report_to and monitor is not None and monitor.history and monitor.history[-1] is not last:
+            self.log(gap_scalars(monitor.history[-1]))
+        return metrics
+
+    def _evaluate_raw_and_ema(self, eval_dataset: Any, ignore_keys: list[str] | None, metric_key_prefix: str) -> dict[str, float]:
         """The Trainer's evaluation; with `--ema`, the moving average is scored first on the same split (`eval_ema_*`,
         logged and returned beside the raw metrics), so the callbacks that react to this evaluation see both."""
         ema = self.ema_callback
@@ -194,9 +238,14 @@ class FinetuneTrainer(Trainer):
         self.log(output.metrics)
         return {**super().evaluate(eval_dataset, ignore_keys, metric_key_prefix), **output.metrics}
 
+    def find_callback(self, kind: type[CallbackT]) -> CallbackT | None:
+        """The first callback of class `kind`, looked up on each call: a resume re-creates stateful callbacks from
+        their saved state (`_load_callback_state`), replacing the objects the trainer was built with."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, kind)), None)
+
     @property
     def ema_callback(self) -> EmaCallback | None:
-        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, EmaCallback)), None)
+        return self.find_callback(EmaCallback)
 
     def _lr_curve(self, num_training_steps: int):
         """The `--lr-schedule` curve, or None for the Trainer's own `--lr-scheduler-type`."""
@@ -252,7 +301,7 @@ class FinetuneTrainer(Trainer):
         for callback in callbacks:  # the run's stage map, computed once, instead of each callback splitting again
             if hasattr(callback, "stage_map"):
                 callback.stage_map = self.stage_map
-        monitor = next((cb for cb in callbacks if isinstance(cb, GapMonitorCallback)), None)
+        monitor = self.find_callback(GapMonitorCallback)
         if monitor is None:
             return
         if self.train_log is None:

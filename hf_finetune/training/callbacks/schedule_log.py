@@ -21,6 +21,7 @@ from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import StageMap
 from hf_finetune.config.files import SCHEDULE_FILE
 from hf_finetune.training.callbacks.freezing import trainable_stage_names
+from hf_finetune.training.param_groups import group_learning_rates
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,6 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
         attributes = {"records": self.records, "lr_history": self.lr_history, "_current": self._current}
         return {"args": {"output_dir": self.output_dir}, "attributes": attributes}
 
-    @staticmethod
-    def _lrs(optimizer: Any) -> dict[str, float]:
-        return {group.get("name", str(i)): float(group["lr"]) for i, group in enumerate(optimizer.param_groups)}
-
     def _open_record(self, state, model) -> dict:
         epoch = int(math.floor(state.epoch + 1e-6))
         record = {
@@ -71,7 +68,7 @@ class ScheduleRecorderCallback(TrainerCallback, ExportableState):
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         epoch = int(math.floor(state.epoch + 1e-6))
-        lrs = self._lrs(optimizer)
+        lrs = group_learning_rates(optimizer)
         if self._current is None or self._current["epoch"] != epoch:
             # First step of an epoch: every on_epoch_begin (the unfreeze callback's too) has run by now.
             self._open_record(state, model)["lr_start"] = lrs
