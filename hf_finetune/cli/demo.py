@@ -18,6 +18,24 @@ from hf_finetune.sharing.demo import load_app
 logger = logging.getLogger(__name__)
 
 
+def _model_error(model: str) -> str | None:
+    """Why `model` cannot be served, before anything is loaded; None when it may be."""
+    if os.path.exists(model):
+        if os.path.isfile(os.path.join(model, "config.json")):
+            return None
+        return (
+            f"`{model}` holds no config.json: pass the --output-dir of a finished run (it holds the saved model) or a "
+            "Hub model id."
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return f"`{model}` is neither a folder on this machine nor a Hub model id (`user/name`): check the path."
+    return None
+
+
 def demo_main(argv: list[str]) -> int:
     """`python -m hf_finetune demo OUTPUT_DIR`: serves the demo on http://127.0.0.1:PORT until interrupted."""
     parser = argparse.ArgumentParser(
@@ -29,13 +47,15 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
     parser.add_argument("--top-k", type=int, default=None, help="Labels shown per prediction (default: up to 5).")
     args = parser.parse_args(argv)
-    if os.path.exists(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
-        print(
-            f"error: `{args.model}` holds no config.json: pass the --output-dir of a finished run (it holds the saved "
-            "model) or a Hub model id.",
-            file=sys.stderr,
-        )
+    error = _model_error(args.model)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     app = load_app()
-    app.launch(app.build_demo(args.model, top_k=args.top_k), host=args.host, port=args.port)
+    try:
+        demo = app.build_demo(args.model, top_k=args.top_k)
+    except ValueError as err:  # a bad --top-k or an unreadable run record: the message names it and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    app.launch(demo, host=args.host, port=args.port)
     return 0

@@ -49,9 +49,11 @@ def load_app() -> ModuleType:
     return module
 
 
-def build_demo(model: str, top_k: int | None = None) -> Any:
-    """The demo's `gradio.Blocks` for `model` (an output directory or a Hub id); see the Space app's `build_demo`."""
-    return load_app().build_demo(model, top_k=top_k)
+def build_demo(model: str, top_k: int | None = None, title: str | None = None) -> Any:
+    """The demo's `gradio.Blocks` for `model` (an output directory or a Hub id): titled from its model card and run
+    records (base model, dataset, test metrics, the linear-probe baseline), with the per-class test results, examples
+    that classify on click and a link to the card. See the Space app's `build_demo` for the arguments."""
+    return load_app().build_demo(model, top_k=top_k, title=title)
 
 
 def save_example_images(dataset: Any, labels: list[str], output_dir: str, count: int) -> list[str]:
