@@ -15,9 +15,13 @@ import torch
 
 from hf_finetune.backbones.split import split_stages, token_pooling
 from hf_finetune.backbones.stages import EMBEDDINGS, StageMap
-from hf_finetune.data.images import to_rgb
+from hf_finetune.data.images import model_input
+from hf_finetune.data.transforms import feature_max_side
 
 logger = logging.getLogger(__name__)
+
+# Images decoded and preprocessed together: a forward batch of 256 photos is prepared 32 at a time.
+PROCESSOR_CHUNK = 32
 
 
 def head_linear_layers(model: torch.nn.Module, stage_map: StageMap | None = None) -> list[tuple[str, torch.nn.Linear]]:
@@ -158,7 +162,12 @@ class FeatureTaps:
 
     @torch.inference_mode()
     def extract(self, processor: Any, images: list[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
-        """Runs `images` through the model (eval mode); returns float32 `[len(images), dim]` per name in `names`."""
+        """Runs `images` through the model (eval mode); returns float32 `[len(images), dim]` per name in `names`.
+
+        `images` are PIL images or undecoded `datasets.Image` references ({"path", "bytes"}); references are decoded
+        one at a time, and an image larger than `feature_max_side` is shrunk before the processor, so at most
+        `PROCESSOR_CHUNK` images of bounded size are alive at once whatever the batch size and the photos' size.
+        """
         images = list(images)  # a datasets Column slices lazily; a list is what the processor takes
         if not images:
             width = sum(m.in_features for _, m in self.head_layers)
@@ -167,10 +176,14 @@ class FeatureTaps:
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
+        max_side = feature_max_side(processor)
         try:
             for start in range(0, len(images), batch_size):
-                batch = [to_rgb(image) for image in images[start : start + batch_size]]
-                pixels = processor(batch, return_tensors="pt")["pixel_values"].to(device)
+                batch = images[start : start + batch_size]
+                pixels = torch.cat([
+                    processor([model_input(item, max_side) for item in batch[i : i + PROCESSOR_CHUNK]], return_tensors="pt")["pixel_values"]
+                    for i in range(0, len(batch), PROCESSOR_CHUNK)
+                ]).to(device)
                 for name, vectors in self.capture(pixels).items():
                     parts[name].append(vectors)
         finally:

@@ -22,8 +22,9 @@ from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
-# Enough for a few thousand training images at ~380 px plus their evaluation tensors on a laptop.
-DEFAULT_BUDGET_BYTES = 2 * 1024**3
+# True bytes (Pillow's padded RGB counted): ~1,700 training images at 320x240 plus ~900 evaluation tensors at 224 px.
+# Every image past it is decoded each time, so peak memory stops growing with the dataset at about this much.
+DEFAULT_BUDGET_BYTES = 1024**3
 
 
 def image_key(ref: dict[str, Any]) -> str:
@@ -33,10 +34,14 @@ def image_key(ref: dict[str, Any]) -> str:
     return f"bytes:{hash(ref['bytes'])}"
 
 
+def open_image_header(ref: dict[str, Any]) -> Image.Image:
+    """Opens an undecoded `datasets.Image` value without decoding it: size, mode and format come from the header."""
+    return Image.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") is not None else ref["path"])
+
+
 def open_image(ref: dict[str, Any], min_side: int | None = None) -> Image.Image:
     """Decodes an undecoded `datasets.Image` value ({"path", "bytes"}), at reduced JPEG scale when `min_side` allows."""
-    source = io.BytesIO(ref["bytes"]) if ref.get("bytes") is not None else ref["path"]
-    image = Image.open(source)
+    image = open_image_header(ref)
     if min_side is not None and image.format == "JPEG":
         # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly, keeping the short side >= min_side.
         image.draft("RGB", (min_side, min_side))
@@ -53,6 +58,40 @@ def downscale(image: Image.Image, min_side: int) -> Image.Image:
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
 
 
+def decode_rgb(ref: dict[str, Any], max_side: int | None = None) -> Image.Image:
+    """`to_rgb(open_image(ref))`, except that an image whose shorter side exceeds `max_side` is decoded at reduced
+    JPEG scale and shrunk to `max_side`: a 24 MP photo then never exists at full size (96 MB) in memory."""
+    image = to_rgb(open_image(ref, max_side))
+    return image if max_side is None else downscale(image, max_side)
+
+
+def model_input(item: Image.Image | dict[str, Any], max_side: int | None = None) -> Image.Image:
+    """Upright RGB for an image processor, from a decoded image or an undecoded reference (`decode_rgb`), its
+    shorter side at most `max_side`."""
+    if isinstance(item, dict):
+        return decode_rgb(item, max_side)
+    image = to_rgb(item)
+    return image if max_side is None else downscale(image, max_side)
+
+
+def undecoded(split: Any) -> Any:
+    """A view of a `datasets.Dataset` whose `image` column yields undecoded references ({"path", "bytes"}), with
+    no transform: selecting rows of it decodes nothing, so callers decode one image at a time."""
+    import datasets
+
+    return split.with_format(None).cast_column("image", datasets.Image(decode=False))
+
+
+# Bytes per pixel as Pillow stores a mode: 8-bit single-band modes one, 16-bit integer modes two, every other mode
+# (RGB and LA included: their pixels are padded to 32 bits) four.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Memory a decoded PIL image takes: width x height x the bytes per pixel of its mode as Pillow stores it."""
+    return image.width * image.height * _PIXEL_BYTES.get(image.mode, 4)
+
+
 def train_min_side(crop: tuple[int, int], min_crop_scale: float) -> int:
     """Shorter side that keeps the smallest random-resized crop (area fraction `min_crop_scale`) at full resolution."""
     return math.ceil(max(crop) / math.sqrt(min_crop_scale))
@@ -61,6 +100,11 @@ def train_min_side(crop: tuple[int, int], min_crop_scale: float) -> int:
 class DecodeCache:
     """Memoises `make(ref)` per image key while the total size stays within `budget_bytes`.
 
+    Sizes are what the values really take (`decoded_bytes`, tensors' element bytes). Entries are never evicted:
+    under a shuffled sampler any policy hits about budget / dataset of the time, and a full cache churns nothing.
+    In a DataLoader worker the budget is shared: each of the N workers keeps its own cache of budget / N bytes, so
+    the processes together stay within it.
+
     Args:
         make (`Callable`): builds the cached value (a PIL image or a tensor) from an undecoded image reference.
         budget_bytes (`int`): stop adding entries beyond this many bytes (values are still returned, just not kept).
@@ -68,16 +112,22 @@ class DecodeCache:
 
     def __init__(self, make: Callable[[dict[str, Any]], Any], budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
         self.make = make
-        self.budget_bytes = budget_bytes
+        self.total_budget_bytes = budget_bytes
         self.used_bytes = 0
         self._store: dict[str, Any] = {}
         self._full_logged = False
+
+    @property
+    def budget_bytes(self) -> int:
+        """This process's share of the budget (the whole of it outside DataLoader workers)."""
+        info = torch.utils.data.get_worker_info()
+        return self.total_budget_bytes // (info.num_workers if info is not None else 1)
 
     @staticmethod
     def _size(value: Any) -> int:
         if isinstance(value, torch.Tensor):
             return value.element_size() * value.nelement()
-        return value.width * value.height * len(value.getbands())
+        return decoded_bytes(value)
 
     def get(self, ref: dict[str, Any]) -> Any:
         key = image_key(ref)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_finetune.data.images import DEFAULT_BUDGET_BYTES, DecodeCache, downscale, open_image, to_rgb, train_min_side
+from hf_finetune.data.images import DEFAULT_BUDGET_BYTES, DecodeCache, decode_rgb, train_min_side
 from hf_finetune.data.splits import DataSplits
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,9 @@ def attach_transforms(
     preprocessing = resolve_preprocessing(processor)
     train_transform = build_train_transform(preprocessing, augmentation)
     min_side = train_min_side(preprocessing.size, min_crop_scale(augmentation))
-    train_images = DecodeCache(lambda ref: downscale(to_rgb(open_image(ref, min_side)), min_side), cache_budget_bytes // 2)
+    train_images = DecodeCache(lambda ref: decode_rgb(ref, min_side), cache_budget_bytes // 2)
     eval_pixels = DecodeCache(
-        lambda ref: processor([to_rgb(open_image(ref))], return_tensors="pt")["pixel_values"][0], cache_budget_bytes // 2
+        lambda ref: processor([decode_rgb(ref)], return_tensors="pt")["pixel_values"][0], cache_budget_bytes // 2
     )
 
     def train_batch(batch: dict[str, list]) -> dict[str, Any]:
@@ -138,6 +138,20 @@ def attach_transforms(
     splits.validation.set_transform(eval_batch)
     splits.test.set_transform(eval_batch)
     return preprocessing
+
+
+# Largest shorter side, in multiples of the model's input side, that an image keeps before the processor in the
+# feature pass: past it the processor's own resize would throw most pixels away, so a large photo is decoded at
+# reduced JPEG scale and shrunk first (images up to it reach the processor exactly as they are).
+FEATURE_SIDE_FACTOR = 4
+
+
+def feature_max_side(processor: Any) -> int | None:
+    """`FEATURE_SIDE_FACTOR` x the checkpoint's input side; None when the processor's size cannot be read."""
+    try:
+        return FEATURE_SIDE_FACTOR * max(resolve_preprocessing(processor).size)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

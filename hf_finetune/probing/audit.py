@@ -13,7 +13,6 @@ images (the held-out copies of training images).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from hf_finetune.config.files import (
     DUPLICATE_PAIRS_PLOT,
     SUSPECT_LABELS_PLOT,
 )
-from hf_finetune.data.images import open_image, to_rgb
+from hf_finetune.data.images import open_image, open_image_header, to_rgb
 from hf_finetune.evaluation.metrics import classification_report
 from hf_finetune.probing.audit_gallery import plot_duplicate_pairs, plot_suspect_labels
 from hf_finetune.probing.duplicates import (
@@ -55,7 +54,7 @@ AUDIT_VERSION = 1
 RECORDED_PAIRS = 100  # pairs listed in data_audit.json (all are counted)
 RECORDED_SUSPECTS = 50  # suspects listed in data_audit.json (all are counted)
 GRAYSCALE_SAMPLE = 100  # RGB images per split decoded to tell RGB-encoded grayscale apart
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 @dataclass
@@ -143,19 +142,17 @@ def _raw_images(split: Any) -> list[dict[str, Any]]:
 def describe_images(refs: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     """Size and mode distribution of a split's images (headers only) and its grayscale share: grayscale modes, plus
     RGB images whose channels agree, judged on a seeded sample of `GRAYSCALE_SAMPLE` decoded RGB images."""
-    from PIL import Image
-
     sizes, modes, row_modes = Counter(), Counter(), []
     for ref in refs:
-        with Image.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") is not None else ref["path"]) as image:
+        with open_image_header(ref) as image:
             sizes[f"{image.width}x{image.height}"] += 1
             modes[image.mode] += 1
             row_modes.append(image.mode)
-    colour_rows = [i for i, mode in enumerate(row_modes) if mode not in _GRAY_MODES]
+    colour_rows = [i for i, mode in enumerate(row_modes) if mode not in GRAY_MODES]
     gray = len(refs) - len(colour_rows)
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(colour_rows, size=min(GRAYSCALE_SAMPLE, len(colour_rows)), replace=False).tolist()) if colour_rows else []
-    encoded_gray = sum(_channels_agree(open_image(refs[i])) for i in sample)
+    encoded_gray = sum(channels_agree(open_image(refs[i])) for i in sample)
     # The sample's share of RGB-encoded grayscale, extended to every colour-mode image.
     share = (gray + (encoded_gray / len(sample) * len(colour_rows) if sample else 0.0)) / max(len(refs), 1)
     widths = [int(s.split("x")[0]) for s in sizes.elements()]
@@ -171,7 +168,7 @@ def describe_images(refs: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]
     }
 
 
-def _channels_agree(image: Any) -> bool:
+def channels_agree(image: Any) -> bool:
     """An RGB-encoded grayscale image: the channels differ by at most 3 levels anywhere (on a 32x32 thumbnail)."""
     small = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.int16)
     return bool(np.abs(small - small.mean(axis=2, keepdims=True)).max() <= 3)

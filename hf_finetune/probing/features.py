@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import TRUNCATION_FIELD
 from hf_finetune.backbones.taps import FeatureTaps, extract_features
+from hf_finetune.data.images import undecoded
 from hf_finetune.data.splits import DataSplits
 from hf_finetune.probing.feature_cache import FeatureCache, default_feature_cache_dir, image_keys, model_cache_key
 
@@ -174,7 +175,7 @@ def _validated_cache(
     the one computed now is cleared (a stale or corrupted entry the key did not catch). One image: a negligible cost."""
     if not caches:
         return {name: {} for name in taps.names}
-    image = splits.train.with_format(None).select([0])["image"]
+    image = undecoded(splits.train).select([0])["image"]  # decoded by `extract`, as the pass decodes every image
     reference = taps.extract(processor, image, batch_size=1)
     stored = {}
     for name in taps.names:
@@ -227,8 +228,8 @@ def _forward_uncached(
     # transformers' progress-bar switch (`--disable-tqdm true` turns it off): a 1,000-image pass takes a minute on CPU.
     progress = hf_logging.tqdm(total=len(todo), desc="Feature pass", unit="img", leave=False)
     for name, rows in rows_by_split.items():
-        view = getattr(splits, name).with_format(None)
-        for offset in range(0, len(rows), batch_size):  # decode one forward batch at a time: bounded memory
+        view = undecoded(getattr(splits, name))
+        for offset in range(0, len(rows), batch_size):  # references; `extract` decodes them a few at a time
             images = view.select(rows[offset : offset + batch_size])["image"]
             chunks.append(taps.extract(processor, images, batch_size=batch_size))
             progress.update(len(images))
@@ -283,7 +284,7 @@ def head_features_from_stage(
     if stage is None or not len(stage.train):
         return None
     count = min(sample, len(stage.train))
-    images = splits.train.with_format(None).select(range(count))["image"]
+    images = undecoded(splits.train).select(range(count))["image"]
     start = time.perf_counter()
     head = extract_features(model, processor, images, batch_size=batch_size)
     captured = stage.train.features[:count]
@@ -304,7 +305,10 @@ def head_features_from_stage(
 
 
 def measure_throughput(model: torch.nn.Module, processor: Any, images: list[Any], batch_size: int = 32) -> float:
-    """Forward throughput (images/s, preprocessing included) on a small sample, when no feature pass timed one."""
+    """Forward throughput (images/s, preprocessing included) on a small sample, when no feature pass timed one.
+
+    `images`: PIL images or, better, undecoded references (`data.images.undecoded(split)`), decoded as they go.
+    """
     images = list(images)
     extract_features(model, processor, images[:batch_size], batch_size=batch_size)  # warm-up (allocations, lazy init)
     start = time.perf_counter()
