@@ -4,7 +4,8 @@
 loadable afterwards with `AutoModelForImageClassification` and `pipeline("image-classification")`, plus its image
 processor. Checkpoints without a classifier class are converted (`conversions`), errors are translated into messages
 that say what to pass instead (`errors`), and a head loaded from the checkpoint is kept only when its labels are
-exactly the requested ones.
+exactly the requested ones. `resolve_model` does the cheap first half (location, config, image processor) on its own, so
+a run can refuse a bad `--model` before it decodes the dataset's images.
 """
 
 from __future__ import annotations
@@ -101,15 +102,8 @@ def load_model_and_processor(
         "token": token,
         "trust_remote_code": trust_remote_code,
     }
-    model_name_or_path = check_location(model_name_or_path)
-    original = _load_config(model_name_or_path, hub_kwargs)
+    model_name_or_path, original, processor = resolve_model(model_name_or_path, **hub_kwargs)
     model_type = original.model_type
-    supported = supported_model_types()
-    if model_type not in supported:
-        raise ValueError(
-            f"`--model` {model_name_or_path!r} is a `{model_type}` checkpoint, not an image model hf_finetune can "
-            f"fine-tune. Supported model types: {', '.join(supported)} (every timm model is `timm_wrapper`)."
-        )
     load_kwargs: dict[str, Any] = {**hub_kwargs, "ignore_mismatched_sizes": ignore_mismatched_sizes}
     if os.path.isdir(model_name_or_path) and any(Path(model_name_or_path).glob("*.safetensors")):
         load_kwargs["use_safetensors"] = True
@@ -136,8 +130,44 @@ def load_model_and_processor(
         raise location_error(model_name_or_path, err) from err
     _refresh_head(model, original, id2label, loading_info, model_name_or_path)
     _fix_tf_batchnorm_momentum(model)
-    processor = _load_processor(model_name_or_path, hub_kwargs)
     return model, processor
+
+
+def resolve_model(
+    model_name_or_path: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+    token: str | bool | None = None,
+) -> tuple[str, Any, Any]:
+    """Finds a checkpoint and reads its config and image processor, without loading any weights.
+
+    Cheap (two small files, from the cache when offline): a run calls it before decoding the dataset's images, so a
+    wrong id, a model missing from the offline cache, a non-image model or a missing image processor fails in
+    seconds instead of after the image check. `load_model_and_processor` starts with it.
+
+    Args:
+        model_name_or_path (`str`): a Hub model id or a local directory with a `config.json`.
+        revision, cache_dir, trust_remote_code, token: as in `load_model_and_processor`.
+
+    Returns:
+        `tuple[str, PretrainedConfig, Any]`: the location to load from (a local path user-expanded), the checkpoint's
+        own config and its image processor.
+
+    Raises:
+        `ValueError`: as `load_model_and_processor`, naming `--model` and what to pass instead.
+    """
+    hub_kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token, "trust_remote_code": trust_remote_code}
+    location = check_location(model_name_or_path)
+    config = _load_config(location, hub_kwargs)
+    supported = supported_model_types()
+    if config.model_type not in supported:
+        raise ValueError(
+            f"`--model` {location!r} is a `{config.model_type}` checkpoint, not an image model hf_finetune can "
+            f"fine-tune. Supported model types: {', '.join(supported)} (every timm model is `timm_wrapper`)."
+        )
+    return location, config, _load_processor(location, hub_kwargs)
 
 
 def _native_plan(path: str, model_type: str, labels: dict[str, Any], hub_kwargs: dict[str, Any]) -> LoadPlan:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, set_seed
 
+from hf_finetune.backbones.loading import resolve_model
 from hf_finetune.backbones.split import split_stages
 from hf_finetune.backbones.stages import StageMap, resolve_stages
 from hf_finetune.backbones.truncation import truncation_of
@@ -30,7 +31,7 @@ from hf_finetune.data.splits import DataSplits, load_splits
 from hf_finetune.data.transforms import attach_transforms, collate
 from hf_finetune.evaluation.metrics import compute_metrics
 from hf_finetune.pipeline.data_audit import audit_run, filter_before_recipe
-from hf_finetune.pipeline.output_dir import check_output_location
+from hf_finetune.pipeline.output_dir import check_output_location, undone_on_failure
 from hf_finetune.pipeline.record import argument_sections, check_output_dir, check_resume_integrity, command_line
 from hf_finetune.probing.feature_cache import checkpoint_fingerprint
 from hf_finetune.recipe.prepare import PreparedRecipe, load_model, prepare_recipe
@@ -178,11 +179,26 @@ def prepare_run(
     share_args = share_args or ShareArguments()
     requested = RunArguments(model_args, data_args, finetune_args, training_args)
     resume, previous = resume_point(requested, check_output)
-    os.makedirs(training_args.output_dir, exist_ok=True)
+    # A bad model, dataset or flag found from here on leaves the output folder as it was before the run.
+    with undone_on_failure(training_args.output_dir):
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        # The model's config and image processor before the data: a wrong or uncached --model fails in seconds, not
+        # after every image was decoded.
+        resolve_model(
+            model_args.model, revision=model_args.revision, cache_dir=model_args.cache_dir,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        set_seed(training_args.seed)
+        if splits is None:
+            splits = load_splits(data_args, seed=training_args.seed)
+        return _assemble(requested, splits, resume, previous, share_args)
 
-    set_seed(training_args.seed)
-    if splits is None:
-        splits = load_splits(data_args, seed=training_args.seed)
+
+def _assemble(
+    requested: RunArguments, splits: DataSplits, resume: str | None, previous: dict[str, Any], share_args: ShareArguments
+) -> PreparedRun:
+    """`prepare_run` once the model is found and the data loaded: model, recipe, transforms, LoRA, trainer."""
+    model_args, finetune_args, training_args = requested.model, requested.finetune, requested.training
     if resume:
         check_resume_integrity(previous, splits.fingerprint, {}, training_args.output_dir)
     model, processor = load_model(model_args, splits, finetune_args.drop_path_rate, training_args.seed, finetune_args.truncate_after)

@@ -6,12 +6,17 @@ checkpoints), and a non-empty folder that holds no hf_finetune run (its files wo
 `checkpoint-*` folders deleted by the Trainer's checkpoint rotation) unless `--overwrite-output-dir` is given, which
 then says which of its files a run replaces; `checkpoint-*` folders of another tool are refused even then, since
 hf_finetune never deletes files it did not write.
+
+A run that fails before training (a bad `--model`, dataset or flag) takes back what it wrote (`undone_on_failure`):
+an empty folder it created would only be in the way, and a stray audit file would make the next run refuse the folder.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hf_finetune.config import files
 
@@ -94,3 +99,49 @@ def check_output_location(output_dir: str, model: str, dataset: str, overwrite: 
         "--overwrite-output-dir: %s holds files of another tool. This run replaces %s; it deletes nothing and leaves "
         "the rest as it is.", output_dir, _listing(replaced) if replaced else "none of them",
     )
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders of `path` that do not exist yet, deepest first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+@contextmanager
+def undone_on_failure(output_dir: str) -> Iterator[None]:
+    """On an exception in the block, removes what the run added to `output_dir`, then re-raises.
+
+    Only what this run made goes: files with a name an hf_finetune run writes (`written_names`) that were not there
+    on entry, then each folder of the path that did not exist on entry, once it is empty. A folder that existed before
+    the run stays, and so does any file of another name (and with it the folders that hold it).
+
+    Args:
+        output_dir (`str`): `--output-dir`.
+    """
+    missing = _missing_folders(output_dir)
+    before = set(os.listdir(output_dir)) if not missing and os.path.isdir(output_dir) else set()
+    try:
+        yield
+    except BaseException:
+        removed = []
+        for name in sorted(written_names() - before):
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+                removed.append(name)
+        for folder in missing:
+            try:
+                os.rmdir(folder)  # refuses a folder that is not empty
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+        if removed:
+            logger.info("The run stopped before training: removed what it had written into %s (%s).", output_dir, _listing(removed))
+        raise
