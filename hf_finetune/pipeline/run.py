@@ -212,7 +212,8 @@ def evaluate(run: PreparedRun) -> dict[str, Any]:
     baseline = run.recipe.baseline
     if baseline is not None:
         report["baseline"] = baseline
-        logger.info("Test macro-F1: fine-tune %.4f vs linear-probe baseline %.4f", report["macro_f1"], baseline["macro_f1"])
+        kept = "model" if _trains(run) else "linear probe (the model)"
+        logger.info("Test macro-F1: %s %.4f vs linear-probe baseline %.4f", kept, report["macro_f1"], baseline["macro_f1"])
     report.update(interpret_and_calibrate(run, report, test))  # folds the temperature into the head before `save`
     report.update(leakage_report(run.extra, test))  # test metrics without the test images that have a twin in train
     _report_to_trackers(run, report)
