@@ -184,3 +184,12 @@ def test_near_duplicate_search_stores_no_pair_of_crowded_images(monkeypatch):
     pairs, crowded_rows = find_duplicates(keys, {"train": unit}, threshold=0.9)
     assert [(p.first, p.second) for p in pairs] == [(("train", 250), ("train", 251))]
     assert crowded_rows["train"] == list(range(200))
+
+
+def test_heap_threshold_is_fixed_on_glibc():
+    import platform
+
+    from hf_finetune.data.images import keep_heap_compact
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_heap_compact() is expected

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_finetune.data.images import DEFAULT_BUDGET_BYTES, DecodeCache, decode_rgb, train_min_side
+from hf_finetune.data.images import DEFAULT_BUDGET_BYTES, DecodeCache, decode_rgb, keep_heap_compact, train_min_side
 from hf_finetune.data.splits import DataSplits
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def attach_transforms(
     """
     import datasets
 
+    keep_heap_compact()  # per-image allocations for the whole run: keep freed ones from piling up in the heap
     preprocessing = resolve_preprocessing(processor)
     train_transform = build_train_transform(preprocessing, augmentation)
     min_side = train_min_side(preprocessing.size, min_crop_scale(augmentation))
