@@ -211,11 +211,13 @@ def _named(name: str, url: str | None) -> str:
 
 def header_markdown(summary: RunSummary, labels: list[str], top_k: int) -> str:
     """The page's title block: the model, what it was fine-tuned from and on, its test metrics and the baseline's."""
-    origin = "Fine-tuned"
+    # A linear probe trains no backbone weight: "trained" would be the honest verb there, "fine-tuned" is not.
+    probe = summary.strategy == "linear_probe"
+    origin = "A linear probe" if probe else "Fine-tuned"
     if summary.base_model:
-        origin += f" from {_named(summary.base_model, summary.base_model_url)}"
+        origin += f" {'on the frozen' if probe else 'from'} {_named(summary.base_model, summary.base_model_url)}"
     if summary.dataset:
-        origin += f" on {_named(summary.dataset, summary.dataset_url)}"
+        origin += f" {'trained on' if probe else 'on'} {_named(summary.dataset, summary.dataset_url)}"
     origin += " with hf_finetune" + (f" (strategy `{summary.strategy}`)." if summary.strategy else ".")
     lines = [f"# {summary.name}", origin]
     if summary.accuracy is not None or summary.macro_f1 is not None:
