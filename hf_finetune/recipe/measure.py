@@ -32,6 +32,7 @@ SIMILAR_LIFT = 0.85
 # Share of grayscale images from which the data counts as a different modality.
 GRAYSCALE_SHARE = 0.5
 KNN_NEIGHBOURS = 5
+KNN_WORKING_MEMORY_MB = 128
 CV_FOLDS = 5
 # Images sampled for the colour / resolution statistics.
 IMAGE_SAMPLE = 200
@@ -133,6 +134,7 @@ class DatasetMeasurements:
 
 def knn_cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float | None:
     """Balanced accuracy of a cosine k-NN classifier under stratified k-fold CV; None if a class has < 2 images."""
+    import sklearn
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
@@ -143,7 +145,10 @@ def knn_cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, seed:
         return None
     neighbours = max(1, min(KNN_NEIGHBOURS, len(labels) - len(labels) // folds - 1))
     classifier = KNeighborsClassifier(n_neighbors=neighbours, metric="cosine")
-    predictions = cross_val_predict(classifier, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    # scikit-learn computes neighbours in chunks of up to `working_memory` MB of distances (1 GB by default): the
+    # advisor's peak memory at 50k images. Smaller chunks give the same neighbours.
+    with sklearn.config_context(working_memory=KNN_WORKING_MEMORY_MB):
+        predictions = cross_val_predict(classifier, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     return float(balanced_accuracy_score(labels, predictions))
 
 
