@@ -94,7 +94,12 @@ def data_path_cost(model: Path, dataset: Path, count: int = 300) -> dict:
     from transformers import AutoImageProcessor
 
     from hf_finetune.data.images import decode_rgb
-    from hf_finetune.data.transforms import build_train_transform, min_crop_scale, resolve_preprocessing, train_min_side
+    from hf_finetune.data.transforms import (
+        build_train_transform,
+        min_crop_scale,
+        resolve_preprocessing,
+        train_min_side,
+    )
 
     torch.set_num_threads(1)
     refs = [{"path": str(p), "bytes": None} for p in sorted(dataset.glob("*/*.jpg"))[:count]]

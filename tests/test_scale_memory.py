@@ -5,7 +5,6 @@ the processor, and the near-duplicate search stores no pair of a crowded image."
 from __future__ import annotations
 
 import gc
-import io
 from pathlib import Path
 
 import numpy as np
