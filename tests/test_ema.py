@@ -40,6 +40,16 @@ def test_decay_zero_is_the_raw_weights(tiny_checkpoint, image_folder, tmp_path):
         assert averaged["macro_f1"] == raw["eval_macro_f1"] and averaged["loss"] == pytest.approx(raw["eval_loss"], abs=0)
 
 
+def test_the_average_does_not_change_the_raw_training_run(tiny_checkpoint, image_folder, tmp_path):
+    finals = []
+    for ema in (None, 0.9):
+        trainer = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / f"out-{ema}", epochs=3, ema=ema)
+        trainer.args.load_best_model_at_end = False  # the last raw weights, whatever their score
+        trainer.train()
+        finals.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
 def test_the_average_is_the_exponential_moving_average(tiny_checkpoint, image_folder, tmp_path):
     trainer = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / "out", epochs=1, ema=0.9)
     trainer.args.max_steps = 2

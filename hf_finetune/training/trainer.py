@@ -229,7 +229,10 @@ class FinetuneTrainer(Trainer):
         ema = self.ema_callback
         if ema is None or ema.average is None or metric_key_prefix != "eval":
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        with ema.averaged_weights(self.model):
+        # The extra pass must not shift training: a DataLoader draws its worker seed from the global RNG even unshuffled,
+        # which would change every later augmentation. With the RNG restored, --ema leaves the raw weights' run as is.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices), ema.averaged_weights(self.model):
             output = self.evaluation_loop(
                 self.get_eval_dataloader(eval_dataset), description="Evaluation of the moving average",
                 ignore_keys=ignore_keys, metric_key_prefix="eval_ema",
