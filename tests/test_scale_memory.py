@@ -192,3 +192,12 @@ def test_heap_threshold_is_fixed_on_glibc():
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_heap_compact() is expected
+
+
+@pytest.mark.parametrize(("workers", "given", "expected"), [(2, None, True), (0, None, False), (2, False, False)])
+def test_data_loading_workers_persist_with_their_caches(workers, given, expected, tmp_path):
+    from hf_finetune.config.training import FinetuneTrainingArguments
+
+    arguments = FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=workers,
+                                          dataloader_persistent_workers=given)
+    assert arguments.dataloader_persistent_workers is expected

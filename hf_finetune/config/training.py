@@ -144,6 +144,11 @@ class FinetuneTrainingArguments(TrainingArguments):
             "keep the GPU busy)."
         },
     )
+    dataloader_persistent_workers: bool | None = field(
+        default=None,
+        metadata={"help": "Keep data-loading workers (and their decode caches) alive between epochs (default: on "
+                  "whenever there are workers)."},
+    )
     dataloader_pin_memory: bool | None = field(
         default=None,
         metadata={"help": "Pinned host memory for faster copies to the GPU (default: on with a GPU, off without one)."},
@@ -176,6 +181,8 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.dataloader_num_workers = default_num_workers(self.use_cpu)
         elif self.dataloader_num_workers < 0:
             raise ValueError(f"`--dataloader-num-workers` must be >= 0, got {self.dataloader_num_workers}.")
+        if self.dataloader_persistent_workers is None:  # a worker's decode cache would be rebuilt every epoch
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         if self.dataloader_pin_memory is None:  # pinning without a GPU only earns a warning from every DataLoader
             self.dataloader_pin_memory = _has_gpu(self.use_cpu)
         # Under torchrun / accelerate launch on a machine without GPUs, accelerate only starts a (gloo) process group
