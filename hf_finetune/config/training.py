@@ -13,7 +13,6 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from hf_finetune.config.choices import ADVISOR_HELP, VALIDATION_METRICS
 from hf_finetune.config.finetune import FinetuneArguments
 
-
 # `--report-to` trackers that need a package: transformers' availability check, the module and what to install.
 # (kubeflow needs none: transformers adds it by itself inside a Kubeflow TrainJob.)
 _TRACKER_PACKAGES: dict[str, tuple[str, str, str]] = {

@@ -24,6 +24,7 @@ from hf_finetune.backbones.truncation import truncate_model
 from hf_finetune.config.choices import AUTO
 from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.config.sources import ModelArguments
+from hf_finetune.data.images import undecoded
 from hf_finetune.data.splits import DataSplits
 from hf_finetune.data.transforms import resolve_preprocessing
 from hf_finetune.probing.features import (
@@ -183,7 +184,7 @@ def _advise(
     seed = arguments.training.seed
     batch_size = arguments.training.per_device_eval_batch_size
     if features.images_per_second is None:  # nothing timed on this machine yet: time a small sample
-        sample = splits.train.with_format(None).select(range(min(64, len(splits.train))))["image"]
+        sample = undecoded(splits.train).select(range(min(64, len(splits.train))))["image"]  # decoded one by one
         features.images_per_second = measure_throughput(model, processor, sample, batch_size)
     side = min(resolve_preprocessing(processor).size)
     measurements = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
