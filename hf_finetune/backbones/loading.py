@@ -167,7 +167,20 @@ def resolve_model(
             f"`--model` {location!r} is a `{config.model_type}` checkpoint, not an image model hf_finetune can "
             f"fine-tune. Supported model types: {', '.join(supported)} (every timm model is `timm_wrapper`)."
         )
+    _check_local_weights(location)  # before the processor: missing weights are the first thing to fix
     return location, config, _load_processor(location, hub_kwargs)
+
+
+def _check_local_weights(location: str) -> None:
+    """A local checkpoint folder must hold weights; a Hub id is checked when its weights are downloaded."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    names = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    if os.path.isdir(location) and not any(os.path.isfile(os.path.join(location, name)) for name in names):
+        raise ValueError(
+            f"`--model` {location!r} could not be loaded: the folder has a config.json but no file named "
+            f"{' or '.join(names)}. Point `--model` at a complete checkpoint (saved with `save_pretrained`) or a Hub id."
+        )
 
 
 def _native_plan(path: str, model_type: str, labels: dict[str, Any], hub_kwargs: dict[str, Any]) -> LoadPlan:
