@@ -307,7 +307,7 @@ def _choose_start_and_step_size(
         "into the pretrained layers in the first steps; it also replaces the head-only epoch(s)",
     )
     # LP-FT on few images: the head is already fitted, and each step's gradient is a noisy estimate from a handful of
-    # images; small, even steps keep the features the probe head reads (benchmarks/results/benchmark.md, pneumoniamnist-200).
+    # images; small, even steps keep the features the probe head reads (benchmarks/results/benchmark_2026-11-23.md, pneumoniamnist-200).
     lp_ft_small = head_init == "probe" and trains_backbone and m.size == "small"
     choose(
         "learning_rate",
