@@ -5,44 +5,33 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
+from hf_finetune.cli.feature_command import FeatureCommandArguments, frozen_features, parse_and_run
 from hf_finetune.config.files import STAGE_PROBE_FILE
 from hf_finetune.config.sources import DataArguments, ModelArguments
-from hf_finetune.data.splits import load_splits
 from hf_finetune.probing.stage_probe import PROBE_FOLDS, StageProbe, probe_stages, write_stage_probe
-from hf_finetune.recipe.prepare import feature_pass, load_model
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class StageProbeArguments:
-    """`python -m hf_finetune probe`: where to write, and how to cross-validate."""
+@dataclass(kw_only=True)
+class StageProbeArguments(FeatureCommandArguments):
+    """`python -m hf_finetune probe`: where to write and how many CV folds (plus the split seed and the feature-pass
+    options every frozen-feature command has)."""
 
     output_dir: str = field(metadata={"help": "Where stage_probe.json and stage_probe.png are written."})
     folds: int = field(default=PROBE_FOLDS, metadata={"help": "Stratified cross-validation folds on the train split."})
-    seed: int = field(
-        default=42, metadata={"help": "Seed of the train/validation/test split (as `--seed` of a run) and of the CV folds."}
-    )
-    batch_size: int = field(default=32, metadata={"help": "Images per forward pass of the feature pass."})
-    feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where frozen features are cached (default: ~/.cache/hf_finetune/features)."}
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.folds < 2:
             raise ValueError(f"`--folds` must be at least 2, got {self.folds}.")
-        if self.batch_size < 1:
-            raise ValueError(f"`--batch-size` must be >= 1, got {self.batch_size}.")
 
 
 def run_stage_probe(model_args: ModelArguments, data_args: DataArguments, args: StageProbeArguments) -> StageProbe:
     """Loads the splits and the model, runs the feature pass (every stage) and the probe, writes the results."""
-    splits = load_splits(data_args, seed=args.seed)
-    model, processor = load_model(model_args, splits, None, args.seed)
-    features = feature_pass(model, processor, splits, model_args, args.feature_cache_dir, args.batch_size, stages=True)
+    splits, features = frozen_features(model_args, data_args, args, stages=True)
     probe = probe_stages(features.stages, len(splits.labels), folds=args.folds, seed=args.seed)
     if probe is None:
         raise ValueError(
@@ -56,20 +45,15 @@ def run_stage_probe(model_args: ModelArguments, data_args: DataArguments, args: 
 
 def probe_main(argv: list[str]) -> int:
     """`python -m hf_finetune probe --model M --dataset D --output-dir OUT`."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, StageProbeArguments),
-        prog="python -m hf_finetune probe",
-        description="Linear probe on the frozen, pooled output of every backbone stage (stratified k-fold CV on the "
+    parsed = parse_and_run(
+        argv, StageProbeArguments, "python -m hf_finetune probe",
+        "Linear probe on the frozen, pooled output of every backbone stage (stratified k-fold CV on the "
         "train split): writes OUTPUT_DIR/stage_probe.json and stage_probe.png.",
+        run_stage_probe,
     )
-    try:
-        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-        probe = run_stage_probe(model_args, data_args, args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    if parsed is None:
         return 2
+    args, probe = parsed
     best, top = probe.best, probe.top
     for stage in probe.stages:  # the curve the summary line condenses
         print(f"  {stage.name:<12} dim {stage.feature_dim:>5}  CV macro-F1 {stage.macro_f1_mean:.4f} +/- {stage.macro_f1_std:.4f}")
