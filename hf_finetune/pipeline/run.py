@@ -18,7 +18,6 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from transformers import TrainerCallback, set_seed
 
 from hf_finetune.backbones.stages import StageMap
@@ -297,10 +296,3 @@ def write_probe_schedule(output_dir: str, probe: Any) -> None:
     }
     with open(os.path.join(output_dir, SCHEDULE_FILE), "w") as f:
         json.dump(payload, f, indent=2)
-
-
-def evaluate_test_split(trainer: FinetuneTrainer, splits: DataSplits) -> dict[str, Any]:
-    """Evaluates the held-out test split once and returns the report."""
-    output = trainer.predict(splits.test, metric_key_prefix="test")
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return classification_report(np.asarray(output.label_ids), np.asarray(logits).argmax(-1), splits.labels)
