@@ -1,6 +1,7 @@
 """Peak memory and wall time of whole runs as the data grows: generated image folders of 2k, 10k and 50k 320x240
 JPEGs (tiny ViT at 224 px, one epoch, the default strategy and `head_then_unfreeze`) and 100 generated 24 MP photos
-(default strategy), plus the CPU data path's cost per image (decode + training transform, decode + processor).
+(default strategy), the same JPEGs as 2k / 20k-row parquet shards read with `--streaming`, plus the CPU data path's
+cost per image (decode + training transform, decode + processor).
 
 Each run is its own `python -m hf_finetune` process; its peak RSS is the `ru_maxrss` that `os.wait4` reports for
 it. Every run gets an empty feature cache, so the feature pass is part of it. Results merge into
@@ -9,6 +10,7 @@ benchmarks/results/scale.json (a case run again replaces its entry) and scale.md
     python benchmarks/scale.py --work-dir /tmp/hff-scale                      # every case
     python benchmarks/scale.py --work-dir /tmp/hff-scale --cases 50k --strategies head_then_unfreeze
     python benchmarks/scale.py --work-dir /tmp/hff-scale --cases photos data_path --clean
+    python benchmarks/scale.py --work-dir /tmp/hff-scale --cases stream-2k stream-20k --strategies head_then_unfreeze
 """
 
 from __future__ import annotations
@@ -64,7 +66,28 @@ def image_folder(root: Path, count: int, size: tuple[int, int] = (320, 240), cla
     return root
 
 
-def run_case(name: str, model: Path, dataset: Path, strategy: str, work: Path) -> dict:
+def parquet_shards(folder: Path, root: Path, shards: int = 16) -> Path:
+    """The JPEGs of an `image_folder` as `train-K-of-N.parquet` shards written by `datasets` (image bytes + a
+    ClassLabel), rows in class-folder order: what `--streaming` reads from a local folder."""
+    import datasets
+
+    if (root / ".complete").exists():
+        return root
+    files = sorted(folder.glob("*/*.jpg"))
+    names = sorted({f.parent.name for f in files})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": f.read_bytes(), "path": f.name} for f in files], "label": [names.index(f.parent.name) for f in files]},
+        features=features,
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(shards):
+        table.shard(shards, k, contiguous=True).to_parquet(str(root / f"train-{k:05d}-of-{shards:05d}.parquet"))
+    (root / ".complete").touch()
+    return root
+
+
+def run_case(name: str, model: Path, dataset: Path, strategy: str, work: Path, extra: tuple[str, ...] = ()) -> dict:
     """One `python -m hf_finetune` run (one epoch): its peak RSS (os.wait4 of the child) and wall time."""
     output, cache = work / "runs" / name, work / "cache" / name
     shutil.rmtree(output, ignore_errors=True)
@@ -73,7 +96,9 @@ def run_case(name: str, model: Path, dataset: Path, strategy: str, work: Path) -
                "--output-dir", str(output), "--num-train-epochs", "1", "--disable-tqdm", "true"]
     if strategy != "auto":
         command += ["--strategy", strategy]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_FINETUNE_FEATURE_CACHE": str(cache)}
+    command += extra
+    # Its own `datasets` cache too: a streaming run writes its held-out splits and sample there.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_FINETUNE_FEATURE_CACHE": str(cache), "HF_DATASETS_CACHE": str(cache / "datasets")}
     log = work / f"{name}.log"
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -162,6 +187,16 @@ def main() -> None:
                                          **run_case(name, model, dataset, strategy, args.work_dir)}
                 print(name, results["runs"][name], flush=True)
                 write(results)
+        elif case.startswith("stream-") and case.removeprefix("stream-") in {**SIZES, "20k": 0}:
+            size = case.removeprefix("stream-")
+            count = SIZES.get(size, 20_000)
+            shards = parquet_shards(image_folder(args.work_dir / f"images_{size}", count), args.work_dir / f"shards_{size}")
+            for strategy in args.strategies:
+                name = f"{case}-{strategy}"
+                results["runs"][name] = {"images": count, "strategy": strategy, "streaming": True,
+                                         **run_case(name, model, shards, strategy, args.work_dir, ("--streaming",))}
+                print(name, results["runs"][name], flush=True)
+                write(results)
         elif case == "photos":
             dataset = image_folder(args.work_dir / "photos_24mp", PHOTO_COUNT, PHOTO_SIZE, classes=2)
             results["runs"]["photos-24mp"] = {"images": PHOTO_COUNT, "strategy": "auto", "image_size": "6000x4000",
@@ -171,7 +206,7 @@ def main() -> None:
             results["data_path"] = data_path_cost(model, image_folder(args.work_dir / "images_2k", SIZES["2k"]))
             print("data_path", results["data_path"], flush=True)
         else:
-            parser.error(f"unknown case {case!r}: one of {[*SIZES, 'photos', 'data_path']}")
+            parser.error(f"unknown case {case!r}: one of {[*SIZES, 'stream-2k', 'stream-20k', 'photos', 'data_path']}")
         write(results)
     if args.clean:
         shutil.rmtree(args.work_dir, ignore_errors=True)

@@ -38,7 +38,8 @@ USAGE = (
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Model and data", (
         "model", "dataset", "output_dir", "revision", "dataset_config", "image_column", "label_column",
-        "validation_fraction", "test_fraction", "label_depth", "allow_missing_train_classes", "check_images",
+        "validation_fraction", "test_fraction", "label_depth", "allow_missing_train_classes", "check_images", "streaming",
+        "streaming_sample", "shuffle_buffer",
         "cache_dir", "trust_remote_code",
     )),
     ("Training length, learning rates and batches", (

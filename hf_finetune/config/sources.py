@@ -78,6 +78,25 @@ class DataArguments:
             "default: the model cannot learn them, and they score F1 0)."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split shard by shard instead of loading it (a Hub dataset, or a local folder "
+            "of parquet / webdataset shards): for data larger than memory or disk. Validation and test come from the "
+            "dataset's own splits or a hash of each image, the advisor, probe and audit use a bounded sample "
+            "(`--streaming-sample`), and training reads the stream shuffled within `--shuffle-buffer` rows."
+        },
+    )
+    streaming_sample: int = field(
+        default=2000,
+        metadata={"help": "`--streaming`: training images (the first of the shuffled stream) on which the feature pass, "
+                  "the recipe advisor, the linear probe and the data audit run."},
+    )
+    shuffle_buffer: int = field(
+        default=1000,
+        metadata={"help": "`--streaming`: rows held in the shuffle buffer (undecoded; more mixes better and costs "
+                  "their bytes in memory)."},
+    )
     check_images: bool = field(
         default=True,
         metadata={
@@ -93,5 +112,8 @@ class DataArguments:
                 raise ValueError(f"`--{name.replace('_', '-')}` must lie in (0, 0.5), got {value}.")
         if self.label_depth < 1:
             raise ValueError(f"`--label-depth` must be >= 1 (1 = the first folder level names the class), got {self.label_depth}.")
+        for name in ("streaming_sample", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`--{name.replace('_', '-')}` must be at least 1, got {getattr(self, name)}.")
         if self.augmentation is not None and self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"`--augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")

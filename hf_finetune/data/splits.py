@@ -22,8 +22,8 @@ from hf_finetune.data.layout import FolderLayout, layout_to_datasets, scan_image
 
 logger = logging.getLogger(__name__)
 
-_VALIDATION_NAMES = ("validation", "valid", "val", "dev")
-_TEST_NAMES = ("test", "testing")
+VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+TEST_NAMES = ("test", "testing")
 
 
 @dataclass
@@ -47,6 +47,11 @@ class DataSplits:
     provenance: dict[str, Any] = field(default_factory=dict)
     skipped_files: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    stream: Any = None  # `--streaming`: the training stream (`data.streaming.TrainStream`); `train` is its sample
+
+    def training_data(self) -> Any:
+        """What the Trainer reads: the training stream under `--streaming`, else the train split."""
+        return self.stream.examples if self.stream is not None else self.train
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -63,14 +68,16 @@ class DataSplits:
         return out
 
 
-def _load_raw(data_args: DataArguments):
+def load_source(data_args: DataArguments, streaming: bool = False) -> Any:
+    """`datasets.load_dataset` of a Hub dataset (or, streaming, also a local folder of shards), with errors that
+    say how to get the data."""
     import datasets
 
     source = data_args.dataset
-    if os.path.exists(source):
+    if os.path.exists(source) and not (streaming and os.path.isdir(source)):
         raise ValueError(f"`--dataset` {source!r} is a file; pass an ImageFolder directory or a Hub dataset id.")
     try:
-        return datasets.load_dataset(source, data_args.dataset_config)
+        return datasets.load_dataset(source, data_args.dataset_config, streaming=streaming)
     except (FileNotFoundError, ConnectionError, OSError) as err:
         if "offline" in str(err).lower() or isinstance(err, ConnectionError):
             raise ValueError(
@@ -85,7 +92,7 @@ def _load_raw(data_args: DataArguments):
         ) from err
 
 
-def _pick_column(features: Any, wanted: str | None, kind: str, flag: str) -> str:
+def pick_column(features: Any, wanted: str | None, kind: str, flag: str) -> str:
     import datasets
 
     feature_type = datasets.Image if kind == "image" else datasets.ClassLabel
@@ -164,7 +171,7 @@ def _drop_empty_classes(raw: Any, column: str) -> tuple[Any, list[str]]:
     return _relabel(raw, column, {old: new for new, old in enumerate(keep)}, [names[i] for i in keep]), empty
 
 
-def _find_split(raw: Any, names: tuple[str, ...]) -> str | None:
+def find_split(raw: Any, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in raw), None)
 
 
@@ -227,7 +234,7 @@ def _load_dataset_dict(data_args: DataArguments) -> tuple[Any, FolderLayout | No
         # Listed here, not by `imagefolder`: it takes splits from tokens in file names and labels from the deepest folder.
         layout = scan_image_folder(data_args.dataset, data_args.label_depth)
         return layout_to_datasets(layout), layout
-    raw = _load_raw(data_args)
+    raw = load_source(data_args)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
     if "train" not in raw:
@@ -238,8 +245,8 @@ def _load_dataset_dict(data_args: DataArguments) -> tuple[Any, FolderLayout | No
 def _find_columns(raw: Any, data_args: DataArguments) -> tuple[str, str]:
     """(image column, label column): the ones the flags name, else the single column of each type."""
     features = raw["train"].features
-    image_col = _pick_column(features, data_args.image_column, "image", "image-column")
-    label_col = _pick_column(features, data_args.label_column, "label", "label-column")
+    image_col = pick_column(features, data_args.image_column, "image", "image-column")
+    label_col = pick_column(features, data_args.label_column, "label", "label-column")
     return image_col, label_col
 
 
@@ -259,7 +266,7 @@ def _three_splits(
     """(train, validation, test, where each came from, train-only class names): the dataset's own test and validation
     splits where present (a lone validation split becomes the test split), else stratified parts of train."""
     train = _normalise(raw["train"], image_col, label_col)
-    val_name, test_name = _find_split(raw, _VALIDATION_NAMES), _find_split(raw, _TEST_NAMES)
+    val_name, test_name = find_split(raw, VALIDATION_NAMES), find_split(raw, TEST_NAMES)
     origins: dict[str, str] = {}
     train_only: list[str] = []
 
@@ -330,7 +337,7 @@ def load_splits(data_args: DataArguments, seed: int) -> DataSplits:
         fingerprint=fingerprint,
     )
     provenance["counts"] = splits.counts()
-    missing = _classes_missing_from_train(provenance["counts"], data_args)
+    missing = classes_missing_from_train(provenance["counts"], data_args)
     if missing:
         provenance["missing_train_classes"] = missing
     logger.info(
@@ -345,7 +352,7 @@ def _hub_fingerprint(raw: Any) -> dict[str, dict[str, Any]]:
     return {name: {"rows": len(split), "fingerprint": getattr(split, "_fingerprint", None)} for name, split in raw.items()}
 
 
-def _classes_missing_from_train(counts: dict[str, dict[str, int]], data_args: DataArguments) -> list[str]:
+def classes_missing_from_train(counts: dict[str, dict[str, int]], data_args: DataArguments) -> list[str]:
     """Classes with validation/test images but no training image: refused, or (with the flag) a warning."""
     missing = [name for name, count in counts["train"].items() if count == 0]
     if not missing:

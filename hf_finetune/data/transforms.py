@@ -27,6 +27,7 @@ from PIL import Image
 
 from hf_finetune.data.images import DEFAULT_BUDGET_BYTES, DecodeCache, decode_rgb, keep_heap_compact, train_min_side
 from hf_finetune.data.splits import DataSplits
+from hf_finetune.data.streaming import StreamingExamples
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +102,15 @@ def build_train_transform(preprocessing: Preprocessing, augmentation: str) -> Ca
 
 
 def attach_transforms(
-    splits: DataSplits, processor: Any, augmentation: str, cache_budget_bytes: int = DEFAULT_BUDGET_BYTES
+    splits: DataSplits, processor: Any, augmentation: str, cache_budget_bytes: int = DEFAULT_BUDGET_BYTES, seed: int = 0
 ) -> Preprocessing:
     """Sets on-the-fly transforms: augmentation on train, the checkpoint's own processor on validation/test.
 
     Evaluation uses the saved image processor itself, so validation/test numbers are what
     `pipeline("image-classification")` will see after export. Each image is decoded once: training images are
     kept (downscaled to what the random crops can use) and evaluation tensors are kept, within
-    `cache_budget_bytes` in total.
+    `cache_budget_bytes` in total. Under `--streaming` the Trainer reads `splits.stream.examples`, shuffled with
+    `seed`.
     """
     import datasets
 
@@ -138,6 +140,11 @@ def attach_transforms(
     splits.train.set_transform(train_batch)
     splits.validation.set_transform(eval_batch)
     splits.test.set_transform(eval_batch)
+    if splits.stream is not None:  # --streaming: the Trainer reads the stream, each image decoded as it arrives
+        splits.stream.examples = StreamingExamples(
+            splits.stream, lambda row: {"pixel_values": train_transform(decode_rgb(row["image"], min_side)), "labels": row["label"]},
+            seed,
+        )
     return preprocessing
 
 

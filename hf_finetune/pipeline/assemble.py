@@ -28,6 +28,7 @@ from hf_finetune.config.sources import DataArguments, ModelArguments
 from hf_finetune.config.training import FinetuneTrainingArguments, ShareArguments
 from hf_finetune.data.mixing import BatchMixer
 from hf_finetune.data.splits import DataSplits, load_splits
+from hf_finetune.data.streaming import load_streaming_splits
 from hf_finetune.data.transforms import attach_transforms, collate
 from hf_finetune.evaluation.metrics import compute_metrics
 from hf_finetune.pipeline.data_audit import audit_run, filter_before_recipe
@@ -93,7 +94,7 @@ def build_trainer(
     return FinetuneTrainer(
         model=model,
         args=training_args,
-        train_dataset=splits.train,
+        train_dataset=splits.training_data(),
         eval_dataset=splits.validation,
         data_collator=collate,
         compute_metrics=compute_metrics,
@@ -190,7 +191,9 @@ def prepare_run(
         )
         set_seed(training_args.seed)
         if splits is None:
-            splits = load_splits(data_args, seed=training_args.seed)
+            check_streaming(requested)
+            load = load_streaming_splits if data_args.streaming else load_splits
+            splits = load(data_args, seed=training_args.seed)
         return _assemble(requested, splits, resume, previous, share_args)
 
 
@@ -214,7 +217,7 @@ def _assemble(
     prepared = prepare_recipe(model, processor, splits, requested, previous.get("recipe"))
     arguments, model = prepared.arguments, prepared.model
     audit_record = audit_run(prepared, processor, splits, arguments, audit_step)  # data_audit.json, galleries
-    preprocessing = attach_transforms(splits, processor, arguments.data.augmentation)
+    preprocessing = attach_transforms(splits, processor, arguments.data.augmentation, seed=training_args.seed)
     if arguments.finetune.peft == "lora":
         model = apply_lora(model, arguments.finetune)
     stage_map = split_stages(model)  # once per run: the trainer, its callbacks and the record all use this one
@@ -247,6 +250,19 @@ def _assemble(
         extra["command"] = previous.get("command")
         extra["resumes"] = [*previous.get("resumes", []), {"from": resume, "command": command_line()}]
     return PreparedRun(trainer, processor, splits, prepared, stage_map, extra, resume, previous, arguments)
+
+
+def check_streaming(arguments: RunArguments) -> None:
+    """Refuses what needs the whole training split at hand under `--streaming`, before anything is read."""
+    finetune = arguments.finetune
+    if not arguments.data.streaming:
+        return
+    for flag, given in (("--kfold", finetune.kfold), ("--dedupe", finetune.dedupe), ("--drop-suspect-labels", finetune.drop_suspect_labels)):
+        if given:
+            raise ValueError(
+                f"`{flag}` needs the whole training split at hand, which `--streaming` never loads: drop `{flag}`, or "
+                "drop `--streaming` for data that fits on disk (the data audit still checks the streaming sample)."
+            )
 
 
 def _checked_stage_flags(stage_map: StageMap, arguments: RunArguments) -> list[str] | None:

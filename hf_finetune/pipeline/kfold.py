@@ -23,6 +23,7 @@ from hf_finetune.config.sources import DataArguments, ModelArguments
 from hf_finetune.config.training import FinetuneTrainingArguments
 from hf_finetune.data.splits import load_splits
 from hf_finetune.evaluation.kfold import CONFIDENCE, kfold_splits, t_interval
+from hf_finetune.pipeline.assemble import check_streaming
 from hf_finetune.pipeline.run import run_finetune
 from hf_finetune.recipe.resolve import RunArguments
 
@@ -37,6 +38,7 @@ def run_kfold(
 ) -> dict[str, Any]:
     """Runs `finetune_args.kfold` folds and writes `kfold_report.json`; returns the report."""
     k = finetune_args.kfold
+    check_streaming(RunArguments(model_args, data_args, finetune_args, training_args))
     base = load_splits(data_args, seed=training_args.seed)
     folds = kfold_splits(base, k, training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)

@@ -183,11 +183,13 @@ def measure_dataset(splits: Any, features: Any, stage_units: int, model_input_si
     """
     labels = features.train.labels
     grayscale, side = image_statistics(splits.train, seed=seed)
+    # --streaming: the features are the sample's, the sizes the whole stream's.
+    counts = splits.stream.class_counts if splits.stream is not None else class_counts(labels, len(splits.labels))
     return DatasetMeasurements(
-        num_train=len(labels),
+        num_train=sum(counts),
         num_validation=len(features.validation),
         num_classes=len(splits.labels),
-        class_counts=class_counts(labels, len(splits.labels)),
+        class_counts=counts,
         knn_balanced_accuracy=knn_cross_validated_accuracy(features.train.features, labels, seed=seed),
         grayscale_fraction=grayscale,
         median_image_side=side,
