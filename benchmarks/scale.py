@@ -108,8 +108,9 @@ def run_case(name: str, model: Path, dataset: Path, strategy: str, work: Path, e
     code = os.waitstatus_to_exitcode(status)
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
-    if code != 0:
-        raise RuntimeError(f"{name} failed ({code}); see {log}")
+    if code != 0:  # recorded, and the other cases still run
+        print(f"{name} failed ({code}); see {log}", file=sys.stderr, flush=True)
+        return {"failed": code, "log": str(log), "command": " ".join(command[1:])}
     return {"peak_rss_mb": round(usage.ru_maxrss / 1024), "seconds": round(seconds, 1), "command": " ".join(command[1:])}
 
 
@@ -156,6 +157,9 @@ def write(results: dict) -> None:
              f"{results['machine']}; tiny ViT (2 blocks, hidden 32) at 224 px, one epoch, empty feature cache.", "",
              "| case | images | strategy | peak RSS (MB) | wall (s) |", "| --- | --- | --- | --- | --- |"]
     for name, case in sorted(results["runs"].items(), key=lambda kv: (kv[1]["images"], kv[0])):
+        if "failed" in case:
+            lines.append(f"| {name} | {case['images']} | {case['strategy']} | failed (exit {case['failed']}) | |")
+            continue
         lines.append(f"| {name} | {case['images']} | {case['strategy']} | {case['peak_rss_mb']} | {case['seconds']} |")
     cost = results.get("data_path")
     if cost:
@@ -168,7 +172,7 @@ def write(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True, help="generated folders, logs, runs (large: ~1.5 GB)")
-    parser.add_argument("--cases", nargs="+", default=[*SIZES, "photos", "data_path"])
+    parser.add_argument("--cases", nargs="+", default=[*SIZES, "photos", "data_path", "stream-2k", "stream-20k"])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--clean", action="store_true", help="remove the work dir afterwards")
     args = parser.parse_args()
