@@ -59,3 +59,23 @@ def test_two_process_run_matches_one_process_run(tmp_path, tiny_checkpoint):
     for a, b in zip(one_schedule, two_schedule):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
         assert b["lr_start"] == pytest.approx(a["lr_start"]) and b["lr_end"] == pytest.approx(a["lr_end"])
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun (from torch) is not next to this Python")
+def test_two_process_streaming_run_reads_the_whole_stream_once_per_epoch(tmp_path, tiny_checkpoint):
+    from test_streaming import write_shards
+
+    shards = write_shards(tmp_path / "shards", per_class=24, shards=4)
+    out = tmp_path / "two"
+    two = _run(
+        [TORCHRUN, "--nproc_per_node", "2", "-m", "hf_finetune", "--model", tiny_checkpoint("vit"), "--dataset", str(shards),
+         "--output-dir", str(out), "--strategy", "head_then_unfreeze", "--num-train-epochs", "2", "--augmentation", "none",
+         "--per-device-train-batch-size", "4", "--learning-rate", "5e-3", "--streaming", "--streaming-sample", "16",
+         "--disable-tqdm", "true"],
+        tmp_path,
+    )
+    assert two.stdout.count("hf_finetune: test accuracy") == 1
+    rows = json.loads((out / "run_config.json").read_text())["splits"]["streaming"]["train_rows"]
+    schedule = json.loads((out / "schedule.json").read_text())
+    assert len(schedule["epochs"]) == 2
+    assert schedule["lr_history"]["step"][-1] == 2 * -(-rows // 8)  # 2 processes x 4 images per optimizer step

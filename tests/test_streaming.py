@@ -85,6 +85,48 @@ def test_own_test_split_and_string_labels(tmp_path):
     assert {row["label"] for row in splits.stream.dataset} == {0, 1, 2}
 
 
+_CARD = """---
+dataset_info:
+  features:
+  - name: image
+    dtype: image
+  - name: label
+    dtype:
+      class_label:
+        names:
+          '0': cat
+          '1': dog
+          '2': fish
+  splits:
+  - name: train
+    num_bytes: 1
+    num_examples: 30
+  - name: validation
+    num_bytes: 1
+    num_examples: 9
+  - name: test
+    num_bytes: 1
+    num_examples: 9
+---
+"""
+
+
+def test_row_count_from_the_dataset_card_skips_the_counting_pass(tmp_path):
+    """A dataset whose card gives the split sizes (every Hub dataset with `dataset_info`) is not read in full before
+    training: the rows come from the card, the class counts are the sample's shares scaled to them."""
+    from hf_finetune.data.streaming import load_streaming_splits
+
+    shards = write_shards(tmp_path / "shards", per_class=10, shards=2)
+    write_shards(shards, per_class=3, shards=1, split="test", seed=1)
+    write_shards(shards, per_class=3, shards=1, split="validation", seed=2)
+    (shards / "README.md").write_text(_CARD)
+    splits = load_streaming_splits(_args(shards, streaming_sample=15), seed=0)
+    assert not splits.stream.counted and splits.stream.num_rows == 30
+    assert splits.provenance["validation"] == "dataset split 'validation'" and len(splits.validation) == 9
+    sample = [splits.train["label"].count(i) for i in range(3)]
+    assert splits.stream.class_counts == [round(n * 30 / 15) for n in sample]
+
+
 def test_streaming_run_trains_on_the_stream_and_writes_the_same_report(tmp_path, tiny_checkpoint):
     from hf_finetune.cli.main import main
 
@@ -99,8 +141,40 @@ def test_streaming_run_trains_on_the_stream_and_writes_the_same_report(tmp_path,
     schedule = json.loads((out / "schedule.json").read_text())
     steps_per_epoch = -(-streaming["train_rows"] // 8)  # the whole stream each epoch, not the sample
     assert len(schedule["epochs"]) == 3 and schedule["lr_history"]["step"][-1] == 3 * steps_per_epoch
+    card = (out / "README.md").read_text()
+    assert f"Streamed (`--streaming`): {streaming['train_rows']} training rows per epoch" in card
+    assert "a sample of 16 of them" in card
     report = json.loads((out / "test_report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(report)
+
+
+def test_an_undecodable_image_in_the_stream_is_skipped_not_fatal(tmp_path, tiny_checkpoint, caplog):
+    import datasets
+
+    from hf_finetune.cli.main import main
+
+    shards = write_shards(tmp_path / "shards", per_class=16, shards=1)
+    table = datasets.load_dataset("parquet", data_files=str(shards / "train-00000-of-00001.parquet"), split="train")
+    broken = [{"bytes": b"not an image %d" % i, "path": f"broken_{i}.png"} for i in range(8)]
+    extra = datasets.Dataset.from_dict({"image": broken, "label": [0] * 8}, features=table.features)
+    datasets.concatenate_datasets([table, extra]).to_parquet(str(shards / "train-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(shards), "--output-dir", str(out), *FAST_RUN_FLAGS,
+            "--num-train-epochs", "1", "--streaming", "--streaming-sample", "60", "--dataloader-num-workers", "0"]
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    held_out_broken = {f["file"] for f in config["skipped_files"]}  # in the sample, validation or test: checked
+    streamed_broken = [r for r in caplog.records if "Skipped a training image" in r.getMessage()]
+    assert held_out_broken or streamed_broken
+    assert len(streamed_broken) == sum(bucket_of(b) >= 0.3 for b in broken)  # every broken training row, once
+    assert (out / "test_report.json").exists()
+
+
+def bucket_of(reference: dict) -> float:
+    from hf_finetune.data.streaming import bucket
+
+    return bucket(reference)
 
 
 @pytest.mark.parametrize("flag", ["--kfold 3", "--dedupe"])

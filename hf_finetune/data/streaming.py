@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from hf_finetune.config.sources import DataArguments
+from hf_finetune.data.check import drop_unreadable_images
 from hf_finetune.data.splits import (
     TEST_NAMES,
     VALIDATION_NAMES,
@@ -242,14 +243,21 @@ def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
     def cached(stream: Any, what: str, limit: int | None = None) -> Any:
         return _materialise(stream, features, hashlib.sha1(f"{key}{what}".encode()).hexdigest(), limit)
 
-    sample = cached(
-        train.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer), f"sample{seed}{data_args.shuffle_buffer}",
-        data_args.streaming_sample,
-    )
+    held = datasets.DatasetDict({
+        "train": cached(train.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer), f"sample{seed}{data_args.shuffle_buffer}",
+                        data_args.streaming_sample),
+        "validation": cached(validation, "validation"),
+        "test": cached(test, "test"),
+    })
+    skipped: list[dict[str, Any]] = []
+    if data_args.check_images:  # what is held is checked like a loaded dataset; the stream skips as it trains
+        held, image_check = drop_unreadable_images(held, "image")
+        skipped = image_check.skipped_files
+    sample = held["train"]
     splits = DataSplits(
-        train=sample, validation=cached(validation, "validation"), test=cached(test, "test"), labels=labels,
+        train=sample, validation=held["validation"], test=held["test"], labels=labels,
         provenance={"source": data_args.dataset, "image_column": image_col, "label_column": label_col, **origins},
-        fingerprint={"streaming_source": key},
+        skipped_files=skipped, fingerprint={"streaming_source": key},
     )
     if counts is None:  # the sample's class shares, scaled to the stream
         sample_counts = Counter(sample["label"])
