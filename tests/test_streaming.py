@@ -67,6 +67,7 @@ def test_hash_held_out_splits_are_disjoint_stable_and_counted(tmp_path):
     assert len(test) + len(validation) + len(streamed) == 90  # every row in exactly one split
     assert all(bucket({"bytes": b}) >= 0.3 for b in streamed)  # 0.15 test + 0.15 validation by default
     assert keys(again.test) == test  # same hash, same split on a rerun
+    assert len(load_streaming_splits(_args(shards, streaming_sample=10), seed=0).train) == 10  # not the cached 25
     assert splits.stream.counted and splits.stream.num_rows == len(streamed)
     assert sum(splits.stream.class_counts) == len(streamed)
     assert len(splits.train) == 25 and splits.stream.sample_rows == 25  # the bounded sample the recipe measures

@@ -109,6 +109,11 @@ def _in_bucket(image: dict[str, Any], low: float, high: float) -> bool:
 
 
 def _encode_label(label: Any, ids: dict[Any, int]) -> dict[str, int]:
+    if label not in ids:
+        raise ValueError(
+            f"Label {label!r} of a held-out split is not a class of the training stream (its classes: {sorted(ids)}): "
+            "add training rows of it, or remove its rows from the validation / test split."
+        )
     return {"label": ids[label]}
 
 
@@ -205,6 +210,35 @@ def _count(train: Any) -> Counter:
     return Counter(row["label"] for row in train.select_columns(["label"]))
 
 
+def _classes(source: Any, label_col: str, *streams: Any) -> tuple[Any, ...]:
+    """(train, validation, test streams with class ids, class names, rows per class or None, training rows).
+
+    The rows come from the dataset's metadata when it has them and nothing was carved from train (rows per class
+    None: the caller scales the sample's); else from one pass over the training labels. A label column that is not
+    a `ClassLabel` gets its distinct values, sorted, as class names (found in that pass)."""
+    import datasets
+
+    train, validation, test, origins = streams
+    label_feature = source.features[label_col]
+    carved = origins["train"] != "dataset split 'train'"
+    rows = (source.info.splits or {}).get("train")
+    if isinstance(label_feature, datasets.ClassLabel) and not carved and rows is not None and rows.num_examples:
+        return train, validation, test, list(label_feature.names), None, rows.num_examples
+    value_counts = _count(train)
+    if isinstance(label_feature, datasets.ClassLabel):
+        labels = list(label_feature.names)
+        counts = [value_counts.get(i, 0) for i in range(len(labels))]
+    else:
+        values = sorted(value_counts, key=lambda v: (str(type(v)), v))
+        labels, ids = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+        counts = [value_counts[v] for v in values]
+        features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=labels)})
+        train, validation, test = (
+            s.map(_encode_label, input_columns="label", fn_kwargs={"ids": ids}, features=features) for s in (train, validation, test)
+        )
+    return train, validation, test, labels, counts, sum(counts)
+
+
 def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
     """`--streaming`: the training stream, the held-out splits and the sample the recipe measures (module docstring).
 
@@ -218,30 +252,12 @@ def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
     raw, image_col, label_col = _open(data_args)
     streams = {name: _normalised(split, image_col, label_col) for name, split in raw.items()}
     train, validation, test, origins = _held_out(raw, streams, data_args)
-    label_feature = raw["train"].features[label_col]
-    carved = origins["train"] != "dataset split 'train'"
-    rows = (raw["train"].info.splits or {}).get("train")
-    if isinstance(label_feature, datasets.ClassLabel) and not carved and rows is not None and rows.num_examples:
-        labels, counts, num_rows, counted = list(label_feature.names), None, rows.num_examples, False
-    else:
-        value_counts = _count(train)
-        if isinstance(label_feature, datasets.ClassLabel):
-            labels = list(label_feature.names)
-            counts = [value_counts.get(i, 0) for i in range(len(labels))]
-        else:  # class names are the distinct values of the label column, sorted
-            values = sorted(value_counts, key=lambda v: (str(type(v)), v))
-            labels, ids = [str(v) for v in values], {v: i for i, v in enumerate(values)}
-            counts = [value_counts[v] for v in values]
-            features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=labels)})
-            train, validation, test = (
-                s.map(_encode_label, input_columns="label", fn_kwargs={"ids": ids}, features=features) for s in (train, validation, test)
-            )
-        num_rows, counted = sum(counts), True
+    train, validation, test, labels, counts, num_rows = _classes(raw["train"], label_col, train, validation, test, origins)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=labels)})
     key = _source_fingerprint(data_args, raw) + f"{data_args.test_fraction}{data_args.validation_fraction}{labels}"
 
     def cached(stream: Any, what: str, limit: int | None = None) -> Any:
-        return _materialise(stream, features, hashlib.sha1(f"{key}{what}".encode()).hexdigest(), limit)
+        return _materialise(stream, features, hashlib.sha1(f"{key}{what}{limit}".encode()).hexdigest(), limit)
 
     held = datasets.DatasetDict({
         "train": cached(train.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer), f"sample{seed}{data_args.shuffle_buffer}",
@@ -259,6 +275,7 @@ def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
         provenance={"source": data_args.dataset, "image_column": image_col, "label_column": label_col, **origins},
         skipped_files=skipped, fingerprint={"streaming_source": key},
     )
+    counted = counts is not None
     if counts is None:  # the sample's class shares, scaled to the stream
         sample_counts = Counter(sample["label"])
         counts = [round(sample_counts.get(i, 0) * num_rows / max(1, len(sample))) for i in range(len(labels))]
