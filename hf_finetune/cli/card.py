@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from hf_finetune.cli.console import refused
 from hf_finetune.sharing.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ def card_main(argv: list[str]) -> int:
     try:
         path = write_model_card(args.output_dir, repo_id=args.repo_id, license=args.license, template_path=args.template)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     print(f"hf_finetune: model card -> {path}")
     return 0

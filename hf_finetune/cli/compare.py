@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from hf_finetune.cli.console import refused
 from hf_finetune.sharing.compare import compare_runs, format_table, write_comparison
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,7 @@ def compare_main(argv: list[str]) -> int:
     try:
         rows = compare_runs(args.run_dirs)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     csv_path, plot_path = write_comparison(rows, args.output_dir)
     print(format_table(rows))
     print(f"hf_finetune compare: {len(rows)} run(s) -> {csv_path}, {plot_path}")

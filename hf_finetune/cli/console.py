@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 # Substrings of third-party log records that are expected in every run and carry nothing for the user.
 EXPECTED_NOISE = (
@@ -47,6 +48,16 @@ class ExpectedNoiseFilter(logging.Filter):
 
 
 _FILTER = ExpectedNoiseFilter()
+
+
+# Exit status of a refused command: bad flags, files or values (argparse's own code for usage errors).
+EXIT_REFUSED = 2
+
+
+def refused(err: Exception) -> int:
+    """Prints a refusal (its message names what was wrong and the fix) to stderr; returns `EXIT_REFUSED`."""
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def configure_console(package_logger: logging.Logger) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from hf_finetune.cli.console import refused
 from hf_finetune.sharing.demo import load_app
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ def demo_main(argv: list[str]) -> int:
     try:
         demo = app.build_demo(args.model, top_k=args.top_k)
     except ValueError as err:  # a bad --top-k or an unreadable run record: the message names it and the fix
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     app.launch(demo, host=args.host, port=args.port)
     return 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from hf_finetune.cli.console import refused
 from hf_finetune.sharing.export import ATOL, FORMATS, OPSET, export_onnx
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def export_main(argv: list[str]) -> int:
     try:
         result = export_onnx(args.output_dir, args.export_dir, atol=args.atol, opset=args.opset)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     checked = f"{result.images} example image(s)" if result.images else "random pixels (the run has no examples/)"
     verdict = "match" if result.passed else "DO NOT match"
     print(

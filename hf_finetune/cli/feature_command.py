@@ -3,11 +3,11 @@ splits-model-features sequence of a run, and parsing with `--model` / `--dataset
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hf_finetune.cli.console import refused
 from hf_finetune.config.sources import DataArguments, ModelArguments
 from hf_finetune.data.splits import DataSplits, load_splits
 from hf_finetune.probing.features import SplitFeatures
@@ -55,5 +55,5 @@ def parse_and_run(
         model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
         return args, run(model_args, data_args, args)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        refused(err)
         return None

@@ -15,7 +15,7 @@ import time
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from hf_finetune.cli.console import configure_console, set_progress_bars, summary_block
+from hf_finetune.cli.console import configure_console, refused, set_progress_bars, summary_block
 from hf_finetune.cli.help import HELP_ALL_FLAG, USAGE, HelpFormatter, arrange_help, epilog, unknown_flag_hint
 from hf_finetune.config.command import redact_argv
 from hf_finetune.config.finetune import FinetuneArguments
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, finetune_args, training_args, share_args = parse_args(argv)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
 
     set_progress_bars(not training_args.disable_tqdm)
     start = time.perf_counter()
@@ -151,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = run_finetune(model_args, data_args, finetune_args, training_args, share_args)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from hf_finetune.cli.console import refused
 from hf_finetune.sharing.predict import (
     DEFAULT_TOP_K,
     predict_images,
@@ -42,8 +42,7 @@ def predict_main(argv: list[str]) -> int:
             device=args.device, progress=not args.no_progress,
         )
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     path = write_predictions_csv(predictions, args.output, args.top_k)
     failed = sum(p.error is not None for p in predictions)
     unreadable = f" ({failed} unreadable, listed with their error)" if failed else ""

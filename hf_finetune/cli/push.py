@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from hf_finetune.cli.console import refused
 from hf_finetune.sharing.hub import push_to_hub
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,7 @@ def push_main(argv: list[str]) -> int:
             args.output_dir, args.repo_id, private=args.private or None, push_demo=args.push_demo, space_id=args.space_id
         )
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err)
     if not result.ok:
         print(f"hf_finetune: upload failed ({result.error}); {args.output_dir} is unchanged. Retry with:\n  {result.retry_command}", file=sys.stderr)
         return 1
