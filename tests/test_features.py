@@ -3,6 +3,8 @@ model + preprocessing + image content, and a probe written into the head reprodu
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,128 @@ def test_temperature_scaling_recovers_an_overconfident_scale():
     labels = np.array([rng.choice(4, p=p) for p in probabilities])
     assert fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.1)
     assert fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)
+
+
+# ---- the feature cache's shards: memory-mapped .npy files, old .npz ones still read ------------------------------
+
+
+def _vectors(count: int = 50, dim: int = 6, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    keys = [f"{index:040x}" for index in range(count)]  # the shape of an image key (a sha1)
+    return keys, np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+
+
+def _shard_files(directory) -> tuple:
+    (keys_file,) = directory.glob("shard-*.keys.npy")
+    return keys_file, keys_file.with_name(keys_file.name.replace(".keys.npy", ".features.npy"))
+
+
+def test_cache_shards_are_written_as_npy_and_read_memory_mapped(tmp_path, monkeypatch):
+    import hf_finetune.probing.feature_cache as feature_cache
+
+    keys, features = _vectors()
+    feature_cache.FeatureCache(str(tmp_path), "m").add(keys[:30], features[:30])
+    feature_cache.FeatureCache(str(tmp_path), "m").add(keys[30:], features[30:])
+    names = [path.name for path in (tmp_path / "m").iterdir()]
+    assert len(names) == 4 and all(n.startswith("shard-") and n.endswith((".keys.npy", ".features.npy")) for n in names)
+    for keys_file in (tmp_path / "m").glob("shard-*.keys.npy"):
+        assert np.load(keys_file).dtype.kind == "U"  # fixed-width unicode: no pickle
+    monkeypatch.setattr(feature_cache, "SCAN_BYTES", 7 * 6 * 4)  # the check reads 7 rows at a time
+    vectors = feature_cache.FeatureCache(str(tmp_path), "m").load(dim=6)
+    assert len(vectors) == 50 and keys[7] in vectors and "other" not in vectors and vectors.get("other") is None
+    # Nothing but the index is in RAM: every vector is a view of a mapped file.
+    assert all(isinstance(vectors[key], np.memmap) for key in keys)
+    assert all(isinstance(shard, int) and isinstance(row, int) for shard, row in vectors._index.values())
+    order = np.random.default_rng(1).permutation(50)
+    gathered = vectors.gather([keys[i] for i in order])
+    assert type(gathered) is np.ndarray and gathered.dtype == np.float32
+    assert np.array_equal(gathered.view(np.uint32), features[order].view(np.uint32))  # bit for bit
+    assert np.array_equal(vectors[keys[42]], features[42]) and vectors.gather([]).shape == (0, 6)
+
+
+def test_old_npz_shards_still_load_and_are_converted(tmp_path, monkeypatch, caplog):
+    import hf_finetune.probing.feature_cache as feature_cache
+
+    keys, features = _vectors()
+    directory = tmp_path / "m"
+    directory.mkdir()
+    old = directory / "shard-0123456789abcdef.npz"
+    np.savez(old, keys=np.asarray(keys), features=features)  # what the cache wrote before issue 17
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    with monkeypatch.context() as patch:  # a cache this process cannot write: read into memory, left as it is
+        patch.setattr(feature_cache, "_write_shard", read_only)
+        vectors = feature_cache.FeatureCache(str(tmp_path), "m").load(dim=6)
+    assert old.exists() and np.array_equal(vectors.gather(keys), features)
+    with caplog.at_level(logging.WARNING):
+        vectors = feature_cache.FeatureCache(str(tmp_path), "m").load(dim=6)
+    assert "is bad" not in caplog.text
+    assert not old.exists() and len(list(directory.glob("shard-*.keys.npy"))) == 1  # converted once
+    assert isinstance(vectors[keys[3]], np.memmap)
+    assert np.array_equal(vectors.gather(keys).view(np.uint32), features.view(np.uint32))
+
+
+def _damage_shard(directory, how: str) -> None:
+    """Damages the one shard of `directory` the way `how` says."""
+    from hf_finetune.probing.feature_cache import FeatureCache
+
+    keys_file, features_file = _shard_files(directory)
+    keys, features = np.load(keys_file).tolist(), np.load(features_file)
+    if how == "truncated":
+        features_file.write_bytes(features_file.read_bytes()[: features_file.stat().st_size * 3 // 4])
+    elif how == "bit_flip":  # in the vectors' bytes: still readable, finite and non-zero
+        data = bytearray(features_file.read_bytes())
+        data[-5] ^= 0x01
+        features_file.write_bytes(bytes(data))
+    elif how == "no_features":
+        features_file.unlink()
+    else:  # a consistent shard (checksum and all) with bad contents
+        keys_file.unlink()
+        features_file.unlink()
+        replaced = features.copy()
+        if how == "zero_row":
+            replaced[len(keys) // 2] = 0.0
+        elif how == "nan":
+            replaced[1, 2] = np.nan
+        elif how == "stale":
+            replaced += 1.0
+        FeatureCache(str(directory.parent), directory.name).add(keys, replaced)
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit_flip", "no_features", "zero_row", "nan", "wrong_size"])
+def test_a_bad_shard_is_removed_with_a_warning(how, tmp_path, caplog, monkeypatch):
+    import hf_finetune.probing.feature_cache as feature_cache
+
+    keys, features = _vectors()
+    feature_cache.FeatureCache(str(tmp_path), "m").add(keys, features)
+    if how != "wrong_size":
+        _damage_shard(tmp_path / "m", how)
+    monkeypatch.setattr(feature_cache, "SCAN_BYTES", 4 * 6 * 4)  # the bad row sits in a later chunk than the first
+    with caplog.at_level(logging.WARNING):
+        vectors = feature_cache.FeatureCache(str(tmp_path), "m").load(dim=7 if how == "wrong_size" else 6)
+    assert len(vectors) == 0 and "Feature cache shard" in caplog.text and "is bad" in caplog.text
+    assert not list((tmp_path / "m").glob("shard-*.keys.npy"))  # removed: the next write replaces it
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero_row", "stale"])
+def test_a_bad_shard_is_recomputed_by_the_feature_pass(how, loaded, tmp_path, caplog):
+    splits, model, processor, path = loaded("vit")
+
+    def compute():
+        return compute_split_features(model, processor, splits, model_name_or_path=path, cache_dir=str(tmp_path))
+
+    first = compute()
+    total = len(splits.train) + len(splits.validation) + len(splits.test)
+    assert first.computed == total
+    _damage_shard(tmp_path / first.model_key, how)
+    with caplog.at_level(logging.WARNING):
+        again = compute()
+    assert again.computed == total  # rebuilt, not a traceback nor silently used
+    expected = "differs from what the model computes now" if how == "stale" else "is bad"
+    assert expected in caplog.text and "Feature cache shard" in caplog.text
+    for name in ("train", "validation", "test"):
+        assert np.allclose(getattr(again, name).features, getattr(first, name).features, atol=1e-5)
+    cached = compute()
+    assert cached.computed == 0  # the rebuilt shard reads back
+    assert np.array_equal(cached.train.features, again.train.features)

@@ -152,23 +152,22 @@ def cached(tmp_path, tiny_checkpoint):
 
 
 def _damage(shard: Path, how: str) -> None:
+    """Damages a shard's `.features.npy` file in place."""
     if how == "truncated":
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    elif how == "bit_flip":
+    elif how == "bit_flip":  # caught by the content hash in the shard's name
         data = bytearray(shard.read_bytes())
-        data[len(data) // 2] ^= 0x01
+        data[len(data) - 5] ^= 0x01
         shard.write_bytes(bytes(data))
     else:
-        with np.load(shard) as stored:
-            keys, features = stored["keys"], stored["features"]
-        replaced = np.zeros_like(features) if how == "zeros" else np.ones((len(keys), 7), dtype=np.float32)
-        np.savez(shard, keys=keys, features=replaced)
+        features = np.load(shard)
+        np.save(shard, np.zeros_like(features) if how == "zeros" else np.ones((len(features), 7), dtype=np.float32))
 
 
 @pytest.mark.parametrize("how", ["truncated", "bit_flip", "zeros", "wrong_size"])
 def test_bad_feature_cache_shard_is_rebuilt_with_a_warning(how, cached, caplog):
     compute, directory, first = cached
-    (shard,) = directory.glob("shard-*.npz")
+    (shard,) = directory.glob("shard-*.features.npy")
     _damage(shard, how)
     with caplog.at_level(logging.WARNING):
         again = compute()
@@ -179,11 +178,15 @@ def test_bad_feature_cache_shard_is_rebuilt_with_a_warning(how, cached, caplog):
 
 
 def test_stale_cached_vectors_are_caught_by_the_spot_check(cached, caplog):
+    from hf_finetune.probing.feature_cache import FeatureCache
+
     compute, directory, _ = cached
-    (shard,) = directory.glob("shard-*.npz")
-    with np.load(shard) as stored:
-        keys, features = stored["keys"], stored["features"]
-    np.savez(shard, keys=keys, features=features + 1.0)  # right size, finite, wrong
+    (keys_file,) = directory.glob("shard-*.keys.npy")
+    keys = np.load(keys_file).tolist()
+    features = np.load(str(keys_file).replace(".keys.npy", ".features.npy"))
+    for path in directory.glob("shard-*"):
+        path.unlink()
+    FeatureCache(str(directory.parent), directory.name).add(keys, features + 1.0)  # a valid shard, wrong vectors
     with caplog.at_level(logging.WARNING):
         assert compute().computed == 16
     assert_mentions(caplog.text, "differs from what the model computes now")

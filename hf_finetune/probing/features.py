@@ -25,7 +25,13 @@ from hf_finetune.backbones.stages import TRUNCATION_FIELD
 from hf_finetune.backbones.taps import FeatureTaps, extract_features
 from hf_finetune.data.images import undecoded
 from hf_finetune.data.splits import DataSplits
-from hf_finetune.probing.feature_cache import FeatureCache, default_feature_cache_dir, image_keys, model_cache_key
+from hf_finetune.probing.feature_cache import (
+    CachedVectors,
+    FeatureCache,
+    default_feature_cache_dir,
+    image_keys,
+    model_cache_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,12 +175,12 @@ def compute_split_features(
 
 def _validated_cache(
     taps: FeatureTaps, processor: Any, splits: DataSplits, first_key: str, caches: dict[str, FeatureCache]
-) -> dict[str, dict[str, np.ndarray]]:
+) -> dict[str, CachedVectors]:
     """Every tap's cached vectors, checked against the model: the first train image goes through it, shards of
     another vector size are dropped (`FeatureCache.load`), and a tap whose cached vector of that image differs from
     the one computed now is cleared (a stale or corrupted entry the key did not catch). One image: a negligible cost."""
     if not caches:
-        return {name: {} for name in taps.names}
+        return {name: CachedVectors() for name in taps.names}
     image = undecoded(splits.train).select([0])["image"]  # decoded by `extract`, as the pass decodes every image
     reference = taps.extract(processor, image, batch_size=1)
     stored = {}
@@ -206,8 +212,8 @@ def _tap_cache_keys(
 
 def _forward_uncached(
     taps: FeatureTaps, processor: Any, splits: DataSplits, keys_by_split: dict[str, list[str]],
-    stored: dict[str, dict[str, np.ndarray]], caches: dict[str, FeatureCache], batch_size: int,
-) -> tuple[dict[str, dict[str, np.ndarray]], float | None]:
+    stored: dict[str, CachedVectors], caches: dict[str, FeatureCache], batch_size: int,
+) -> tuple[dict[str, CachedVectors], float | None]:
     """Runs every image some tap has no cached vector for through the backbone (once, however many splits hold it),
     caching the new vectors. Returns (new vectors by tap name and image key, images/s of the pass or `None` when it
     timed fewer than `MIN_TIMED_IMAGES` images)."""
@@ -216,7 +222,7 @@ def _forward_uncached(
         for row, key in enumerate(keys_by_split[name]):
             if key not in where and any(key not in vectors for vectors in stored.values()):
                 where[key] = (name, row)
-    computed: dict[str, dict[str, np.ndarray]] = {name: {} for name in taps.names}
+    computed = {name: CachedVectors() for name in taps.names}
     if not where:
         return computed, None
     todo = list(where)
@@ -240,7 +246,7 @@ def _forward_uncached(
     head_cache = caches.get(FeatureTaps.HEAD)
     for name in taps.names:
         matrix = np.concatenate([chunk[name] for chunk in chunks])
-        computed[name] = dict(zip(ordered, matrix))
+        computed[name].append(ordered, matrix)
         if caches:
             caches[name].add(ordered, matrix)
     if head_cache and len(todo) >= MIN_TIMED_IMAGES and throughput:
@@ -249,10 +255,16 @@ def _forward_uncached(
     return computed, throughput if len(todo) >= MIN_TIMED_IMAGES else None
 
 
-def _feature_set(split: Any, keys: list[str], found: dict[str, np.ndarray], kept: dict[str, np.ndarray]) -> FeatureSet:
-    """One split's vectors in row order, from this pass (`found`) or the cache (`kept`), with its labels."""
-    lookup = [found[k] if k in found else kept[k] for k in keys]
-    matrix = np.stack(lookup).astype(np.float32) if lookup else np.zeros((0, 0), dtype=np.float32)
+def _feature_set(split: Any, keys: list[str], found: CachedVectors, kept: CachedVectors) -> FeatureSet:
+    """One split's vectors in row order, from this pass (`found`) or the cache (`kept`, read memory-mapped), with
+    its labels."""
+    matrix = np.zeros((0, 0), dtype=np.float32)
+    if keys:
+        fresh = np.fromiter((key in found for key in keys), dtype=bool, count=len(keys))
+        matrix = np.empty((len(keys), found.dim or kept.dim or 0), dtype=np.float32)
+        for rows, source in ((fresh, found), (~fresh, kept)):
+            if rows.any():
+                matrix[rows] = source.gather([key for key, row in zip(keys, rows) if row])
     labels = split.with_format(None)["label"]
     return FeatureSet(features=matrix, labels=np.asarray(labels, dtype=np.int64))
 
