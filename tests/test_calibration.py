@@ -89,7 +89,39 @@ def test_run_reports_calibration(finished_run_dir):
     for split in ("validation", "test"):
         assert {"ece", "nll"} <= set(calibration[split]["before"]) and {"ece", "nll"} <= set(calibration[split]["after"])
     assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"] + 1e-9
-    assert calibration["temperature"] == 1.0 and not calibration["applied"]  # `--calibrate` is off by default
+    # The default leaves a validation split of a few images per class alone: T would be noise.
+    assert calibration["temperature"] == 1.0 and not calibration["applied"]
+    assert calibration["decision"].startswith("default: off, the validation split has")
     assert (finished_run_dir / "reliability_diagram.png").is_file()
     card = (finished_run_dir / "README.md").read_text()
     assert "### Calibration" in card and "reliability_diagram.png" in card
+
+
+def test_calibration_default_follows_training_and_validation_size():
+    from hf_finetune.evaluation.calibration import MIN_CALIBRATION_IMAGES_PER_CLASS, calibration_decision
+
+    enough = {"a": MIN_CALIBRATION_IMAGES_PER_CLASS, "b": 40}
+    assert calibration_decision(None, True, enough)[0] is True
+    assert calibration_decision(None, True, {"a": MIN_CALIBRATION_IMAGES_PER_CLASS - 1, "b": 40})[0] is False
+    on_probe, why = calibration_decision(None, False, enough)
+    assert on_probe is False and "linear probe" in why
+    assert calibration_decision(True, False, {"a": 1}) == (True, "--calibrate true")  # the flag wins either way
+    assert calibration_decision(False, True, enough) == (False, "--calibrate false")
+
+
+def test_default_run_with_a_large_enough_validation_split_folds_a_temperature(tmp_path, tiny_checkpoint):
+    from conftest import FAST_RUN_FLAGS, write_image_folder
+    from hf_finetune.cli.main import main
+
+    data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=20, splits=("train", "val", "test"), size=24)
+    for k in range(4):  # mislabelled validation images, so the model is not perfect there and T has something to fit
+        (data / "val" / "a" / f"img_{k:03d}.png").rename(data / "val" / "b" / f"swapped_{k}.png")
+        (data / "val" / "b" / f"img_{k:03d}.png").rename(data / "val" / "a" / f"swapped_{k}.png")
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint("vit"), "--dataset", str(data), "--output-dir", str(out), *FAST_RUN_FLAGS,
+            "--num-train-epochs", "1", "--audit", "off"]
+    assert main(argv) == 0
+    calibration = json.loads((out / "test_report.json").read_text())["calibration"]
+    assert calibration["decision"] == "default: on, a trained network and 20+ validation images per class"
+    assert calibration["applied"] and calibration["folded_into"] and calibration["temperature"] != 1.0
+    assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"] + 1e-9

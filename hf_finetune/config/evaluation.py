@@ -21,8 +21,9 @@ INTERPRET_SPLIT_HELP = (
 CALIBRATE_HELP = (
     "Temperature scaling: fit T on the validation split and divide the head's last linear layer by it, so the saved "
     "model returns calibrated probabilities (argmax unchanged); T and the ECE before/after go to test_report.json "
-    "`calibration` (the ECE and reliability diagram are reported either way). Off by default: no measured gain yet "
-    "(docs/benchmarks.md)."
+    "`calibration` (the ECE and reliability diagram are reported either way). Default: on for a trained network whose "
+    "validation split has 20+ images of every class (on eurosat it lowered the test ECE 2-3x), off for the linear "
+    "probe (already calibrated) and smaller validation splits, where T was noise (docs/benchmarks.md)."
 )
 
 

@@ -262,7 +262,7 @@ class FinetuneArguments:
     tta: bool = field(default=False, metadata={"help": TTA_HELP})
     ema: float | None = field(default=None, metadata={"help": EMA_HELP})
     interpret_split: str = field(default="test", metadata={"help": INTERPRET_SPLIT_HELP, "choices": ["test", "validation"]})
-    calibrate: bool = field(default=False, metadata={"help": CALIBRATE_HELP})
+    calibrate: bool | None = field(default=None, metadata={"help": CALIBRATE_HELP})
     audit: str = field(default=AUTO, metadata={"help": AUDIT_HELP, "choices": list(AUDIT_MODES)})
     dedupe: bool = field(default=False, metadata={"help": DEDUPE_HELP})
     near_duplicate_threshold: float = field(default=NEAR_DUPLICATE_THRESHOLD, metadata={"help": THRESHOLD_HELP})

@@ -63,7 +63,7 @@ class DataSplits:
         out = {}
         for name in ("train", "validation", "test"):
             split = getattr(self, name)
-            counter = Counter(split["label"])
+            counter = Counter(split.with_format(None)["label"])  # not through a transform set on the split
             out[name] = {self.labels[i]: counter.get(i, 0) for i in range(len(self.labels))}
         return out
 

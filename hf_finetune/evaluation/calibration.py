@@ -80,6 +80,29 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in rows if row["count"]) / total)
 
 
+# Validation images per class from which `--calibrate`'s default fits a temperature on a trained network. At 40
+# per class (eurosat) T lowered the test ECE of a fine-tune 2-3x; at ~18 (hymenoptera) it made it slightly worse
+# (docs/benchmarks.md, issue 16).
+MIN_CALIBRATION_IMAGES_PER_CLASS = 20
+
+
+def calibration_decision(requested: bool | None, trained: bool, validation_counts: dict[str, int]) -> tuple[bool, str]:
+    """Whether to fold a temperature into the saved model, and why: `--calibrate` when given; else on for a trained
+    network whose validation split has at least `MIN_CALIBRATION_IMAGES_PER_CLASS` images of every class, off for the
+    linear probe (its head already carries a temperature fitted out of fold) and for smaller validation splits."""
+    if requested is not None:
+        return requested, f"--calibrate {str(requested).lower()}"
+    if not trained:
+        return False, "default: off for the linear probe, whose head already carries a temperature fitted out of fold"
+    fewest = min(validation_counts.values(), default=0)
+    if fewest < MIN_CALIBRATION_IMAGES_PER_CLASS:
+        return False, (
+            f"default: off, the validation split has {fewest} image(s) of its smallest class (a temperature needs "
+            f"{MIN_CALIBRATION_IMAGES_PER_CLASS}+ per class to lower the test ECE)"
+        )
+    return True, f"default: on, a trained network and {fewest}+ validation images per class"
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on held-out data (the validation split).
 

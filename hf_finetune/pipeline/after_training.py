@@ -24,6 +24,7 @@ import numpy as np
 from hf_finetune.config.files import RELIABILITY_PLOT, TOP_LOSSES_JSON, TOP_LOSSES_PLOT
 from hf_finetune.data.images import open_image, to_rgb
 from hf_finetune.evaluation.calibration import (
+    calibration_decision,
     calibration_report,
     fit_temperature,
     fold_temperature,
@@ -79,12 +80,13 @@ def interpret_and_calibrate(run: PreparedRun, report: dict[str, Any], test: Spli
     writes = trainer.is_world_process_zero()
     validation = split_logits(trainer, run.splits.validation)
     temperature, folded = 1.0, []
-    if finetune.calibrate:
+    calibrate, decision = calibration_decision(finetune.calibrate, run.trains, run.splits.counts()["validation"])
+    if calibrate:
         temperature = fit_temperature(validation.logits, validation.labels)
         if temperature != 1.0:
             folded = fold_temperature(trainer.model, temperature, run.stage_map)
     calibration = calibration_report(validation.logits, validation.labels, test.logits, test.labels, temperature)
-    calibration.update(applied=bool(folded), folded_into=folded)
+    calibration.update(applied=bool(folded), folded_into=folded, decision=decision)
     logger.info(
         "Calibration: T = %.3f, test ECE %.4f -> %.4f%s", temperature, calibration["test"]["before"]["ece"],
         calibration["test"]["after"]["ece"], "" if folded else " (not applied)",

@@ -138,6 +138,11 @@ class PreparedRun:
     previous: dict[str, Any]
     arguments: RunArguments
 
+    @property
+    def trains(self) -> bool:
+        """False for a linear probe fitted on cached features: the head is already in the model, no training loop."""
+        return not (self.arguments.finetune.strategy == "linear_probe" and self.recipe.probe is not None)
+
 
 def resume_point(arguments: RunArguments, check_output: bool) -> tuple[str | None, dict[str, Any]]:
     """The checkpoint this run continues from (`--resume-from-checkpoint`, or the same command run again on an

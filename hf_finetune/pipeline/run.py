@@ -106,13 +106,13 @@ def run_finetune(
     share_args = share_args or ShareArguments()
     repo_id = _check_sharing(training_args, share_args)
     run = prepare_run(model_args, data_args, finetune_args, training_args, splits, share_args=share_args)
-    if _trains(run):
+    if run.trains:
         run = _find_learning_rate(run)
     _record(run)
     for callback in callbacks or []:
         run.trainer.add_callback(callback)
     # The model before training: alpha 0 of the probe / fine-tune interpolation chosen after training.
-    start = capture_state(run.trainer.model) if _trains(run) and interpolates(run.recipe, run.arguments.finetune) else None
+    start = capture_state(run.trainer.model) if run.trains and interpolates(run.recipe, run.arguments.finetune) else None
     train(run)
     select_model(run, start)
     report = evaluate(run)
@@ -133,11 +133,6 @@ def _check_sharing(training_args: FinetuneTrainingArguments, share_args: ShareAr
         if share_args.space_id:
             check_repo_id(share_args.space_id, "--space-id")
     return repo_id
-
-
-def _trains(run: PreparedRun) -> bool:
-    """False for a linear probe fitted on cached features: the head is already in the model, no training loop."""
-    return not (run.arguments.finetune.strategy == "linear_probe" and run.recipe.probe is not None)
 
 
 def _find_learning_rate(run: PreparedRun) -> PreparedRun:
@@ -170,7 +165,7 @@ def train(run: PreparedRun) -> None:
     trainer, output_dir = run.trainer, run.arguments.training.output_dir
     interrupt = InterruptCallback()
     trainer.add_callback(interrupt)
-    if not _trains(run):
+    if not run.trains:
         write_probe_schedule(output_dir, run.recipe.probe)
         return
     try:
@@ -193,7 +188,7 @@ def select_model(run: PreparedRun, start: State | None) -> None:
     that model or their weight-space interpolation, whichever scores best."""
     arguments = run.arguments
     ema = run.trainer.ema_callback
-    if ema is not None and _trains(run):
+    if ema is not None and run.trains:
         run.extra["ema"] = choose_ema(run.trainer, run.splits, ema, arguments.training.seed)
     if start is None:
         return
@@ -211,7 +206,7 @@ def evaluate(run: PreparedRun) -> dict[str, Any]:
     baseline = run.recipe.baseline
     if baseline is not None:
         report["baseline"] = baseline
-        kept = "model" if _trains(run) else "linear probe (the model)"
+        kept = "model" if run.trains else "linear probe (the model)"
         logger.info("Test macro-F1: %s %.4f vs linear-probe baseline %.4f", kept, report["macro_f1"], baseline["macro_f1"])
     report.update(interpret_and_calibrate(run, report, test))  # folds the temperature into the head before `save`
     report.update(leakage_report(run.extra, test))  # test metrics without the test images that have a twin in train
@@ -224,7 +219,7 @@ def _report_to_trackers(run: PreparedRun, report: dict[str, Any]) -> None:
     trainer = run.trainer
     if not trainer.args.report_to:
         return
-    if not _trains(run):
+    if not run.trains:
         # The trackers start with the training loop (TensorBoard picks its folder there); a probe fitted on cached
         # features has none, and test_report.json holds its metrics.
         logger.info("--report-to: a linear probe on cached features has no training loop to report; see the test report.")
