@@ -54,8 +54,8 @@ def test_hash_held_out_splits_are_disjoint_stable_and_counted(tmp_path):
     from hf_finetune.data.streaming import bucket, load_streaming_splits
 
     shards = write_shards(tmp_path / "shards", per_class=30)
-    splits = load_streaming_splits(_args(shards, streaming_sample=25), seed=0)
-    again = load_streaming_splits(_args(shards, streaming_sample=25), seed=0)
+    splits = load_streaming_splits(_args(shards, streaming_sample=25, shuffle_buffer=2), seed=0)
+    again = load_streaming_splits(_args(shards, streaming_sample=25, shuffle_buffer=2), seed=0)
 
     def keys(split):
         return {hash(row["bytes"]) for row in split.cast_column("image", __import__("datasets").Image(decode=False))["image"]}
@@ -67,10 +67,14 @@ def test_hash_held_out_splits_are_disjoint_stable_and_counted(tmp_path):
     assert len(test) + len(validation) + len(streamed) == 90  # every row in exactly one split
     assert all(bucket({"bytes": b}) >= 0.3 for b in streamed)  # 0.15 test + 0.15 validation by default
     assert keys(again.test) == test  # same hash, same split on a rerun
-    assert len(load_streaming_splits(_args(shards, streaming_sample=10), seed=0).train) == 10  # not the cached 25
+    assert len(load_streaming_splits(_args(shards, streaming_sample=12), seed=0).train) == 15  # 5 a class, not the cached 25
     assert splits.stream.counted and splits.stream.num_rows == len(streamed)
     assert sum(splits.stream.class_counts) == len(streamed)
-    assert len(splits.train) == 25 and splits.stream.sample_rows == 25  # the bounded sample the recipe measures
+    # The bounded sample the recipe measures: stratified (every class's share, rounded), although the shards hold
+    # their rows in class order and the shuffle buffer is 2 rows.
+    assert abs(len(splits.train) - 25) <= 3 and splits.stream.sample_rows == len(splits.train)
+    sample_counts = [splits.train["label"].count(i) for i in range(3)]
+    assert all(abs(n - 25 / 3) <= 2 for n in sample_counts), sample_counts
     assert splits.provenance["streaming"]["train_rows"] == len(streamed)
 
 
@@ -128,6 +132,20 @@ def test_row_count_from_the_dataset_card_skips_the_counting_pass(tmp_path):
     assert splits.stream.class_counts == [round(n * 30 / 15) for n in sample]
 
 
+def test_a_class_ordered_stream_without_a_counting_pass_is_counted_when_its_sample_misses_classes(tmp_path, caplog):
+    from hf_finetune.data.streaming import load_streaming_splits
+
+    shards = write_shards(tmp_path / "shards", per_class=10, shards=1)  # rows in class order
+    write_shards(shards, per_class=3, shards=1, split="test", seed=1)
+    write_shards(shards, per_class=3, shards=1, split="validation", seed=2)
+    (shards / "README.md").write_text(_CARD)
+    with caplog.at_level("WARNING"):
+        splits = load_streaming_splits(_args(shards, streaming_sample=6, shuffle_buffer=1), seed=0)
+    assert "hold no image of" in caplog.text and "counting the labels in one pass" in caplog.text
+    assert splits.stream.counted and splits.stream.class_counts == [10, 10, 10]
+    assert sorted(set(splits.train["label"])) == [0, 1, 2]  # the stratified sample, every class in it
+
+
 def test_streaming_run_trains_on_the_stream_and_writes_the_same_report(tmp_path, tiny_checkpoint):
     from hf_finetune.cli.main import main
 
@@ -138,13 +156,13 @@ def test_streaming_run_trains_on_the_stream_and_writes_the_same_report(tmp_path,
     assert main(argv) == 0
     config = json.loads((out / "run_config.json").read_text())
     streaming = config["splits"]["streaming"]
-    assert streaming["sample_rows"] == 16 and streaming["train_rows"] > 16
+    assert abs(streaming["sample_rows"] - 16) <= 3 and streaming["train_rows"] > 16
     schedule = json.loads((out / "schedule.json").read_text())
     steps_per_epoch = -(-streaming["train_rows"] // 8)  # the whole stream each epoch, not the sample
     assert len(schedule["epochs"]) == 3 and schedule["lr_history"]["step"][-1] == 3 * steps_per_epoch
     card = (out / "README.md").read_text()
     assert f"Streamed (`--streaming`): {streaming['train_rows']} training rows per epoch" in card
-    assert "a sample of 16 of them" in card
+    assert f"a sample of {streaming['sample_rows']} of them" in card
     report = json.loads((out / "test_report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(report)
 

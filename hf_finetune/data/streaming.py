@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,7 +51,9 @@ class TrainStream:
         class_counts (`list[int]`): rows per class id.
         counted (`bool`): True when `num_rows` and `class_counts` come from a pass over the labels; False when the
             dataset's metadata gave the rows and the class counts are the sample's, scaled.
-        sample_rows (`int`): rows of the sample (`DataSplits.train`) the feature pass and the advisor used.
+        sample_rows (`int`): rows of the sample (`DataSplits.train`) the feature pass and the advisor used: a
+            stratified random sample from the counting pass when there was one, else the first rows of the shuffled
+            stream (`counted` False).
         shuffle_buffer (`int`): rows the shuffle buffer holds.
         examples (`StreamingExamples`): what the Trainer reads, set by `data.transforms.attach_transforms`.
     """
@@ -67,6 +70,7 @@ class TrainStream:
         return {
             "train_rows": self.num_rows, "train_rows_from": "a pass over the labels" if self.counted else "dataset metadata",
             "sample_rows": self.sample_rows, "shuffle_buffer": self.shuffle_buffer,
+            "sample": "stratified random rows (the counting pass)" if self.counted else "the first rows of the shuffled stream",
         }
 
 
@@ -204,14 +208,42 @@ def _held_out(raw: Any, streams: dict[str, Any], data_args: DataArguments) -> tu
     return train, held["validation"], held["test"], origins
 
 
-def _count(train: Any) -> Counter:
-    """Rows per label value in one pass over the training stream. The images are read (a hash filter earlier in the
-    chain still sees them: `select_columns` applies after it) but never decoded."""
-    return Counter(row["label"] for row in train.select_columns(["label"]))
+# Fewest rows of a class the recipe's sample holds (all of them when the class has fewer), whatever its share.
+MIN_SAMPLE_PER_CLASS = 5
 
 
-def _classes(source: Any, label_col: str, *streams: Any) -> tuple[Any, ...]:
-    """(train, validation, test streams with class ids, class names, rows per class or None, training rows).
+def _count_and_sample(train: Any, size: int, seed: int) -> tuple[Counter, frozenset[int]]:
+    """One pass over the training labels (images read, never decoded; a hash filter earlier in the chain still sees
+    them, as `select_columns` applies after it): rows per label value, and the positions of a stratified random
+    sample of about `size` rows. Each class keeps a reservoir of positions; the sample takes each class's share of
+    `size`, at least `MIN_SAMPLE_PER_CLASS`. A stream stored in class order (rows of one class together, as folder
+    conversions write them) is sampled as well as a shuffled one, which a shuffle buffer cannot do."""
+    rng = random.Random(seed)
+    counts: Counter = Counter()
+    reservoirs: dict[Any, list[int]] = defaultdict(list)
+    for position, row in enumerate(train.select_columns(["label"])):
+        label = row["label"]
+        counts[label] += 1
+        pool = reservoirs[label]
+        if len(pool) < size:
+            pool.append(position)
+        elif (slot := rng.randrange(counts[label])) < size:
+            pool[slot] = position
+    total = max(1, sum(counts.values()))
+    chosen: set[int] = set()
+    for label, pool in reservoirs.items():
+        share = max(min(counts[label], MIN_SAMPLE_PER_CLASS), round(size * counts[label] / total))
+        chosen.update(rng.sample(pool, min(share, len(pool))))
+    return counts, frozenset(chosen)
+
+
+def _at(_: Any, position: int, positions: frozenset[int]) -> bool:
+    return position in positions
+
+
+def _classes(source: Any, label_col: str, sample: int, seed: int, *streams: Any) -> tuple[Any, ...]:
+    """(train, validation, test streams with class ids, class names, rows per class or None, training rows, the
+    sample's positions or None).
 
     The rows come from the dataset's metadata when it has them and nothing was carved from train (rows per class
     None: the caller scales the sample's); else from one pass over the training labels. A label column that is not
@@ -223,8 +255,8 @@ def _classes(source: Any, label_col: str, *streams: Any) -> tuple[Any, ...]:
     carved = origins["train"] != "dataset split 'train'"
     rows = (source.info.splits or {}).get("train")
     if isinstance(label_feature, datasets.ClassLabel) and not carved and rows is not None and rows.num_examples:
-        return train, validation, test, list(label_feature.names), None, rows.num_examples
-    value_counts = _count(train)
+        return train, validation, test, list(label_feature.names), None, rows.num_examples, None
+    value_counts, positions = _count_and_sample(train, sample, seed)
     if isinstance(label_feature, datasets.ClassLabel):
         labels = list(label_feature.names)
         counts = [value_counts.get(i, 0) for i in range(len(labels))]
@@ -236,7 +268,17 @@ def _classes(source: Any, label_col: str, *streams: Any) -> tuple[Any, ...]:
         train, validation, test = (
             s.map(_encode_label, input_columns="label", fn_kwargs={"ids": ids}, features=features) for s in (train, validation, test)
         )
-    return train, validation, test, labels, counts, sum(counts)
+    return train, validation, test, labels, counts, sum(counts), positions
+
+
+def _sample(train: Any, positions: frozenset[int] | None, data_args: DataArguments, seed: int, cached: Callable) -> Any:
+    """The recipe's sample: the stratified positions of the counting pass, else (no pass: the rows came from the
+    dataset's metadata) the first `--streaming-sample` rows of the shuffled stream."""
+    if positions is not None:
+        return cached(train.filter(_at, with_indices=True, fn_kwargs={"positions": positions}),
+                      f"stratified{seed}{data_args.streaming_sample}")
+    return cached(train.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer), f"sample{seed}{data_args.shuffle_buffer}",
+                  data_args.streaming_sample)
 
 
 def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
@@ -252,19 +294,31 @@ def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
     raw, image_col, label_col = _open(data_args)
     streams = {name: _normalised(split, image_col, label_col) for name, split in raw.items()}
     train, validation, test, origins = _held_out(raw, streams, data_args)
-    train, validation, test, labels, counts, num_rows = _classes(raw["train"], label_col, train, validation, test, origins)
+    train, validation, test, labels, counts, num_rows, positions = _classes(
+        raw["train"], label_col, data_args.streaming_sample, seed, train, validation, test, origins
+    )
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=labels)})
     key = _source_fingerprint(data_args, raw) + f"{data_args.test_fraction}{data_args.validation_fraction}{labels}"
 
     def cached(stream: Any, what: str, limit: int | None = None) -> Any:
         return _materialise(stream, features, hashlib.sha1(f"{key}{what}{limit}".encode()).hexdigest(), limit)
 
-    held = datasets.DatasetDict({
-        "train": cached(train.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer), f"sample{seed}{data_args.shuffle_buffer}",
-                        data_args.streaming_sample),
-        "validation": cached(validation, "validation"),
-        "test": cached(test, "test"),
-    })
+    sample = _sample(train, positions, data_args, seed, cached)
+    if counts is None:
+        sample_counts = Counter(sample["label"])
+        absent = [name for i, name in enumerate(labels) if not sample_counts.get(i)]
+        if absent:  # a stream stored in class order: the shuffle buffer did not reach every class
+            logger.warning(
+                "The first %d rows of the shuffled training stream hold no image of %s (the stream is stored in class "
+                "order, beyond what --shuffle-buffer mixes): counting the labels in one pass for a stratified sample.",
+                len(sample), absent,
+            )
+            value_counts, positions = _count_and_sample(train, data_args.streaming_sample, seed)
+            counts = [value_counts.get(i, 0) for i in range(len(labels))]
+            num_rows, sample = sum(counts), _sample(train, positions, data_args, seed, cached)
+        else:  # the sample's class shares, scaled to the stream
+            counts = [round(sample_counts.get(i, 0) * num_rows / max(1, len(sample))) for i in range(len(labels))]
+    held = datasets.DatasetDict({"train": sample, "validation": cached(validation, "validation"), "test": cached(test, "test")})
     skipped: list[dict[str, Any]] = []
     if data_args.check_images:  # what is held is checked like a loaded dataset; the stream skips as it trains
         held, image_check = drop_unreadable_images(held, "image")
@@ -275,11 +329,7 @@ def load_streaming_splits(data_args: DataArguments, seed: int) -> DataSplits:
         provenance={"source": data_args.dataset, "image_column": image_col, "label_column": label_col, **origins},
         skipped_files=skipped, fingerprint={"streaming_source": key},
     )
-    counted = counts is not None
-    if counts is None:  # the sample's class shares, scaled to the stream
-        sample_counts = Counter(sample["label"])
-        counts = [round(sample_counts.get(i, 0) * num_rows / max(1, len(sample))) for i in range(len(labels))]
-    splits.stream = TrainStream(train, num_rows, counts, counted, len(sample), data_args.shuffle_buffer)
+    splits.stream = TrainStream(train, num_rows, counts, positions is not None, len(sample), data_args.shuffle_buffer)
     splits.provenance["counts"] = {**splits.counts(), "train": dict(zip(labels, counts))}
     splits.provenance["streaming"] = splits.stream.summary()
     missing = classes_missing_from_train(splits.provenance["counts"], data_args)
