@@ -44,6 +44,13 @@ def test_an_unresolvable_model_fails_before_any_image_is_decoded(image_folder, t
     assert not (tmp_path / "runs").exists()
 
 
+def test_kfold_with_an_unresolvable_model_fails_before_any_image_is_decoded(image_folder, tmp_path, capsys, decodes):
+    out = tmp_path / "runs" / "out"
+    assert main(["--model", _MISSING_MODEL, "--dataset", str(image_folder), "--output-dir", str(out), "--kfold", "3"]) == 2
+    assert_mentions(capsys.readouterr().err, "`--model`", f"'{_MISSING_MODEL}'")
+    assert not decodes
+
+
 def test_a_pre_existing_empty_output_folder_is_left_in_place(image_folder, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

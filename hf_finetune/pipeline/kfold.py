@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Any
 
+from hf_finetune.backbones.loading import resolve_model
 from hf_finetune.config.files import KFOLD_REPORT_FILE
 from hf_finetune.config.finetune import FinetuneArguments
 from hf_finetune.config.sources import DataArguments, ModelArguments
@@ -39,6 +40,9 @@ def run_kfold(
     """Runs `finetune_args.kfold` folds and writes `kfold_report.json`; returns the report."""
     k = finetune_args.kfold
     check_streaming(RunArguments(model_args, data_args, finetune_args, training_args))
+    # As in a single run: a wrong or uncached --model fails in seconds, before the image check decodes every image.
+    resolve_model(model_args.model, revision=model_args.revision, cache_dir=model_args.cache_dir,
+                  trust_remote_code=model_args.trust_remote_code)
     base = load_splits(data_args, seed=training_args.seed)
     folds = kfold_splits(base, k, training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)
