@@ -206,3 +206,27 @@ def test_flags_that_need_the_whole_split_are_refused(tmp_path, tiny_checkpoint, 
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert flag.split()[0] in err and "--streaming" in err
+
+
+def test_webdataset_shards_stream_with_a_named_label_column(tmp_path):
+    """webdataset tars (`<key>.png` + `<key>.cls` per sample) as `datasets` reads them: the image column is found, the
+    integer `cls` column is named, and its values become the classes."""
+    import tarfile
+
+    from hf_finetune.data.streaming import load_streaming_splits
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "wds"
+    root.mkdir()
+    for shard in range(2):
+        with tarfile.open(root / f"train-{shard:05d}.tar", "w") as tar:
+            for k in range(30):
+                label = (shard * 30 + k) % 3
+                for suffix, payload in ((".png", _png(rng, _COLOURS[label])), (".cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"s{shard}_{k:04d}{suffix}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    splits = load_streaming_splits(_args(root, label_column="cls", streaming_sample=15), seed=0)
+    assert splits.labels == ["0", "1", "2"]
+    assert splits.stream.num_rows + len(splits.validation) + len(splits.test) == 60
+    assert sorted(set(splits.train["label"])) == [0, 1, 2]
