@@ -109,6 +109,13 @@ def test_calibration_default_follows_training_and_validation_size():
     assert calibration_decision(False, True, enough) == (False, "--calibrate false")
 
 
+def test_a_temperature_within_five_percent_of_one_is_negligible():
+    from hf_finetune.evaluation.calibration import negligible
+
+    assert negligible(1.03) and negligible(0.96)
+    assert not negligible(1.06) and not negligible(0.75)  # eurosat's label-smoothed fine-tune: T = 0.735
+
+
 def test_default_run_with_a_large_enough_validation_split_folds_a_temperature(tmp_path, tiny_checkpoint):
     from conftest import FAST_RUN_FLAGS, write_image_folder
     from hf_finetune.cli.main import main

@@ -23,7 +23,8 @@ CALIBRATE_HELP = (
     "model returns calibrated probabilities (argmax unchanged); T and the ECE before/after go to test_report.json "
     "`calibration` (the ECE and reliability diagram are reported either way). Default: on for a trained network whose "
     "validation split has 20+ images of every class (on eurosat it lowered the test ECE 2-3x), off for the linear "
-    "probe (already calibrated) and smaller validation splits, where T was noise (docs/benchmarks.md)."
+    "probe (already calibrated) and smaller validation splits, where T was noise; a fitted T within 5% of 1 is not "
+    "folded by default (docs/benchmarks.md)."
 )
 
 

@@ -103,6 +103,17 @@ def calibration_decision(requested: bool | None, trained: bool, validation_count
     return True, f"default: on, a trained network and {fewest}+ validation images per class"
 
 
+# |ln T| below which the default leaves the model alone: T within ~5% of 1 moves the test ECE by less than the
+# split-to-split noise (eurosat seed 1: T = 1.03, test ECE 0.029 -> 0.032), while the labels-smoothed fine-tunes that
+# need it come out near T = 0.75 (seed 0: ECE 0.074 -> 0.027).
+NEGLIGIBLE_LOG_TEMPERATURE = 0.05
+
+
+def negligible(temperature: float) -> bool:
+    """True for a fitted temperature the default does not fold into the model (see `NEGLIGIBLE_LOG_TEMPERATURE`)."""
+    return abs(math.log(temperature)) < NEGLIGIBLE_LOG_TEMPERATURE
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on held-out data (the validation split).
 

@@ -28,6 +28,7 @@ from hf_finetune.evaluation.calibration import (
     calibration_report,
     fit_temperature,
     fold_temperature,
+    negligible,
     plot_reliability_diagram,
 )
 from hf_finetune.evaluation.interpretation import (
@@ -83,6 +84,9 @@ def interpret_and_calibrate(run: PreparedRun, report: dict[str, Any], test: Spli
     calibrate, decision = calibration_decision(finetune.calibrate, run.trains, run.splits.counts()["validation"])
     if calibrate:
         temperature = fit_temperature(validation.logits, validation.labels)
+        if finetune.calibrate is None and temperature != 1.0 and negligible(temperature):
+            decision += f"; T = {temperature:.3f} is within 5% of 1, so the model is left as it is"
+            temperature = 1.0
         if temperature != 1.0:
             folded = fold_temperature(trainer.model, temperature, run.stage_map)
     calibration = calibration_report(validation.logits, validation.labels, test.logits, test.labels, temperature)
