@@ -250,8 +250,8 @@ def _find_columns(raw: Any, data_args: DataArguments) -> tuple[str, str]:
     return image_col, label_col
 
 
-def _normalise(split: Any, image_col: str, label_col: str) -> Any:
-    """The split with only the columns `image` and `label`."""
+def normalise_columns(split: Any, image_col: str, label_col: str) -> Any:
+    """The split (a `Dataset` or a streaming `IterableDataset`) with only the columns `image` and `label`."""
     split = split.select_columns([image_col, label_col])
     if image_col != "image":
         split = split.rename_column(image_col, "image")
@@ -265,16 +265,16 @@ def _three_splits(
 ) -> tuple[Any, Any, Any, dict[str, str], list[str]]:
     """(train, validation, test, where each came from, train-only class names): the dataset's own test and validation
     splits where present (a lone validation split becomes the test split), else stratified parts of train."""
-    train = _normalise(raw["train"], image_col, label_col)
+    train = normalise_columns(raw["train"], image_col, label_col)
     val_name, test_name = find_split(raw, VALIDATION_NAMES), find_split(raw, TEST_NAMES)
     origins: dict[str, str] = {}
     train_only: list[str] = []
 
     if test_name is not None:
-        test = _normalise(raw[test_name], image_col, label_col)
+        test = normalise_columns(raw[test_name], image_col, label_col)
         origins["test"] = f"dataset split '{test_name}'"
     elif val_name is not None:
-        test = _normalise(raw[val_name], image_col, label_col)
+        test = normalise_columns(raw[val_name], image_col, label_col)
         origins["test"] = f"dataset split '{val_name}' (no test split given; it stays untouched until the end)"
         val_name = None
     else:
@@ -283,7 +283,7 @@ def _three_splits(
         origins["test"] = f"stratified {data_args.test_fraction:.0%} of train (seed {seed})"
 
     if val_name is not None:
-        validation = _normalise(raw[val_name], image_col, label_col)
+        validation = normalise_columns(raw[val_name], image_col, label_col)
         origins["validation"] = f"dataset split '{val_name}'"
     else:
         train, validation, thin = _stratified_split(train, data_args.validation_fraction, seed, "validation", labels)

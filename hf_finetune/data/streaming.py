@@ -35,6 +35,7 @@ from hf_finetune.data.splits import (
     classes_missing_from_train,
     find_split,
     load_source,
+    normalise_columns,
     pick_column,
 )
 
@@ -178,12 +179,7 @@ def _normalised(split: Any, image_col: str, label_col: str) -> Any:
     """The stream with the columns `image` (undecoded) and `label` only."""
     import datasets
 
-    split = split.select_columns([image_col, label_col])
-    if image_col != "image":
-        split = split.rename_column(image_col, "image")
-    if label_col != "label":
-        split = split.rename_column(label_col, "label")
-    return split.cast_column("image", datasets.Image(decode=False))
+    return normalise_columns(split, image_col, label_col).cast_column("image", datasets.Image(decode=False))
 
 
 def _held_out(raw: Any, streams: dict[str, Any], data_args: DataArguments) -> tuple[Any, Any, Any, dict[str, str]]:
