@@ -100,12 +100,12 @@ def test_run_reports_calibration(finished_run_dir):
 def test_calibration_default_follows_training_and_validation_size():
     from hf_finetune.evaluation.calibration import MIN_CALIBRATION_IMAGES_PER_CLASS, calibration_decision
 
-    enough = {"a": MIN_CALIBRATION_IMAGES_PER_CLASS, "b": 40}
+    enough = [MIN_CALIBRATION_IMAGES_PER_CLASS, 40]
     assert calibration_decision(None, True, enough)[0] is True
-    assert calibration_decision(None, True, {"a": MIN_CALIBRATION_IMAGES_PER_CLASS - 1, "b": 40})[0] is False
+    assert calibration_decision(None, True, [MIN_CALIBRATION_IMAGES_PER_CLASS - 1, 40])[0] is False
     on_probe, why = calibration_decision(None, False, enough)
     assert on_probe is False and "linear probe" in why
-    assert calibration_decision(True, False, {"a": 1}) == (True, "--calibrate true")  # the flag wins either way
+    assert calibration_decision(True, False, [1]) == (True, "--calibrate true")  # the flag wins either way
     assert calibration_decision(False, True, enough) == (False, "--calibrate false")
 
 
@@ -132,3 +132,19 @@ def test_default_run_with_a_large_enough_validation_split_folds_a_temperature(tm
     assert calibration["decision"] == "default: on, a trained network and 20+ validation images per class"
     assert calibration["applied"] and calibration["folded_into"] and calibration["temperature"] != 1.0
     assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"] + 1e-9
+
+
+def test_the_default_leaves_out_a_negligible_temperature_that_the_flag_still_folds():
+    from hf_finetune.evaluation.calibration import choose_temperature, fit_temperature, negligible, softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, size=(3000, 3))
+    # Labels drawn from the logits' own softmax: a calibrated model, so the fitted T lies near 1 but not at it.
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits)])
+    fitted = fit_temperature(logits, labels)
+    assert fitted != 1.0 and negligible(fitted)
+    temperature, why = choose_temperature(None, True, logits, labels, 3)
+    assert temperature == 1.0 and "within 5% of 1" in why
+    assert choose_temperature(True, True, logits, labels, 3) == (fitted, "--calibrate true")
+    assert choose_temperature(None, True, logits / 0.5, labels, 3)[0] == pytest.approx(2.0, rel=0.1)  # overconfident
+    assert choose_temperature(None, True, logits, labels, 4)[0] == 1.0  # a class without validation images: off

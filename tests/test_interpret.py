@@ -64,10 +64,10 @@ def test_finished_run_has_interpretation(finished_run_dir):
 
 
 def test_validation_split_tta_and_calibration_in_a_run(tiny_checkpoint, tmp_path, monkeypatch):
-    from hf_finetune.pipeline import after_training
+    from hf_finetune.evaluation import calibration
 
     # A tiny model gets its tiny validation split all right (no temperature to fit): a fixed T tests the wiring.
-    monkeypatch.setattr(after_training, "fit_temperature", lambda logits, labels: 2.0)
+    monkeypatch.setattr(calibration, "fit_temperature", lambda logits, labels: 2.0)
     folder = write_image_folder(tmp_path / "images", per_class=10)
     out = tmp_path / "out"
     flags = ["--interpret-split", "validation", "--tta", "true", "--calibrate", "true"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 MIN_CALIBRATION_IMAGES_PER_CLASS = 20
 
 
-def calibration_decision(requested: bool | None, trained: bool, validation_counts: dict[str, int]) -> tuple[bool, str]:
+def calibration_decision(requested: bool | None, trained: bool, validation_counts: Sequence[int]) -> tuple[bool, str]:
     """Whether to fold a temperature into the saved model, and why: `--calibrate` when given; else on for a trained
     network whose validation split has at least `MIN_CALIBRATION_IMAGES_PER_CLASS` images of every class, off for the
     linear probe (its head already carries a temperature fitted out of fold) and for smaller validation splits."""
@@ -94,7 +95,7 @@ def calibration_decision(requested: bool | None, trained: bool, validation_count
         return requested, f"--calibrate {str(requested).lower()}"
     if not trained:
         return False, "default: off for the linear probe, whose head already carries a temperature fitted out of fold"
-    fewest = min(validation_counts.values(), default=0)
+    fewest = min(validation_counts, default=0)
     if fewest < MIN_CALIBRATION_IMAGES_PER_CLASS:
         return False, (
             f"default: off, the validation split has {fewest} image(s) of its smallest class (a temperature needs "
@@ -112,6 +113,28 @@ NEGLIGIBLE_LOG_TEMPERATURE = 0.05
 def negligible(temperature: float) -> bool:
     """True for a fitted temperature the default does not fold into the model (see `NEGLIGIBLE_LOG_TEMPERATURE`)."""
     return abs(math.log(temperature)) < NEGLIGIBLE_LOG_TEMPERATURE
+
+
+def choose_temperature(
+    requested: bool | None, trained: bool, logits: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[float, str]:
+    """The temperature to fold into the saved model (1.0: none) and why (`calibration_decision`); the default also
+    leaves out a fitted T that is `negligible`.
+
+    Args:
+        requested (`bool`, *optional*): `--calibrate` (None: the default decides).
+        trained (`bool`): whether a network was trained (False: the linear probe is the model).
+        logits, labels (`np.ndarray`): the validation split's, where T is fitted.
+        num_classes (`int`): classes of the run (a class without validation images counts as 0).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+    calibrate, decision = calibration_decision(requested, trained, counts)
+    if not calibrate:
+        return 1.0, decision
+    temperature = fit_temperature(logits, labels)
+    if requested is None and temperature != 1.0 and negligible(temperature):
+        return 1.0, f"{decision}; T = {temperature:.3f} is within 5% of 1, so the model is left as it is"
+    return temperature, decision
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -24,11 +24,9 @@ import numpy as np
 from hf_finetune.config.files import RELIABILITY_PLOT, TOP_LOSSES_JSON, TOP_LOSSES_PLOT
 from hf_finetune.data.images import open_image, to_rgb
 from hf_finetune.evaluation.calibration import (
-    calibration_decision,
     calibration_report,
-    fit_temperature,
+    choose_temperature,
     fold_temperature,
-    negligible,
     plot_reliability_diagram,
 )
 from hf_finetune.evaluation.interpretation import (
@@ -80,15 +78,10 @@ def interpret_and_calibrate(run: PreparedRun, report: dict[str, Any], test: Spli
         raise ValueError(f"`--interpret-split` must be one of {INTERPRET_SPLITS}, got {finetune.interpret_split!r}.")
     writes = trainer.is_world_process_zero()
     validation = split_logits(trainer, run.splits.validation)
-    temperature, folded = 1.0, []
-    calibrate, decision = calibration_decision(finetune.calibrate, run.trains, run.splits.counts()["validation"])
-    if calibrate:
-        temperature = fit_temperature(validation.logits, validation.labels)
-        if finetune.calibrate is None and temperature != 1.0 and negligible(temperature):
-            decision += f"; T = {temperature:.3f} is within 5% of 1, so the model is left as it is"
-            temperature = 1.0
-        if temperature != 1.0:
-            folded = fold_temperature(trainer.model, temperature, run.stage_map)
+    temperature, decision = choose_temperature(
+        finetune.calibrate, run.trains, validation.logits, validation.labels, len(run.splits.labels)
+    )
+    folded = fold_temperature(trainer.model, temperature, run.stage_map) if temperature != 1.0 else []
     calibration = calibration_report(validation.logits, validation.labels, test.logits, test.labels, temperature)
     calibration.update(applied=bool(folded), folded_into=folded, decision=decision)
     logger.info(
