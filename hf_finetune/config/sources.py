@@ -89,8 +89,9 @@ class DataArguments:
     )
     streaming_sample: int = field(
         default=2000,
-        metadata={"help": "`--streaming`: training images (the first of the shuffled stream) on which the feature pass, "
-                  "the recipe advisor, the linear probe and the data audit run."},
+        metadata={"help": "`--streaming`: about this many training images (a stratified random sample, drawn in the "
+                  "pass that counts the stream's labels) on which the feature pass, the recipe advisor, the linear "
+                  "probe and the data audit run."},
     )
     shuffle_buffer: int = field(
         default=1000,

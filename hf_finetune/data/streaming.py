@@ -122,11 +122,8 @@ def _encode_label(label: Any, ids: dict[Any, int]) -> dict[str, int]:
     return {"label": ids[label]}
 
 
-def _rows(stream: Any, limit: int | None):
-    for i, row in enumerate(stream):
-        if limit is not None and i >= limit:
-            return
-        yield row
+def _rows(stream: Any):
+    yield from stream
 
 
 def _source_fingerprint(data_args: DataArguments, raw: Any) -> str:
@@ -149,9 +146,8 @@ def _materialise(stream: Any, features: Any, fingerprint: str, limit: int | None
     The fingerprint names the cache entry: a rerun on unchanged data reads it instead of streaming again."""
     import datasets
 
-    return datasets.Dataset.from_generator(
-        _rows, gen_kwargs={"stream": stream, "limit": limit}, features=features, fingerprint=fingerprint
-    )
+    rows = stream.take(limit) if limit is not None else stream
+    return datasets.Dataset.from_generator(_rows, gen_kwargs={"stream": rows}, features=features, fingerprint=fingerprint)
 
 
 def _open(data_args: DataArguments) -> tuple[Any, str, str]:
