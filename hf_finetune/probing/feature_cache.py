@@ -179,6 +179,11 @@ def _shard_paths(directory: Path, name: str) -> tuple[Path, Path]:
     return directory / f"shard-{name}{KEYS_SUFFIX}", directory / f"shard-{name}{FEATURES_SUFFIX}"
 
 
+def _features_path(keys_path: Path) -> Path:
+    """The features file of the shard whose keys file is `keys_path`."""
+    return keys_path.with_name(keys_path.name[: -len(KEYS_SUFFIX)] + FEATURES_SUFFIX)
+
+
 def _check(keys: np.ndarray, features: np.ndarray, dim: int | None, checksum: str | None = None) -> str | None:
     """Why the shard (`features` possibly memory-mapped) cannot be used, or `None`; reads it a chunk at a time."""
     if keys.ndim != 1 or keys.dtype.kind != "U":
@@ -206,7 +211,7 @@ def _check(keys: np.ndarray, features: np.ndarray, dim: int | None, checksum: st
 def _open_shard(keys_path: Path, dim: int | None) -> tuple[np.ndarray, np.ndarray] | str | None:
     """(keys, memory-mapped features), or why the shard cannot be used, or `None` if it is gone (removed by a
     parallel run between listing and reading)."""
-    features_path = keys_path.with_name(keys_path.name[: -len(KEYS_SUFFIX)] + FEATURES_SUFFIX)
+    features_path = _features_path(keys_path)
     try:
         keys = np.load(keys_path, allow_pickle=False)
     except FileNotFoundError:
@@ -323,7 +328,7 @@ class FeatureCache:
         logger.warning("Feature cache shard %s is bad (%s): removed, its images are computed again.", shard, problem)
         paths = [shard]
         if shard.name.endswith(KEYS_SUFFIX):
-            paths.append(shard.with_name(shard.name[: -len(KEYS_SUFFIX)] + FEATURES_SUFFIX))
+            paths.append(_features_path(shard))
         for path in paths:
             try:
                 path.unlink(missing_ok=True)
