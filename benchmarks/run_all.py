@@ -22,7 +22,9 @@ folder of symbolic links under `--work-dir`. hymenoptera (245) and eurosat (1000
     python benchmarks/run_all.py --seeds 0 --methods plain auto --models efficientnet_lite0   # a slice
 
 Results: `<output>.json` (every run and the summary), `<output>.md` (the table the README quotes) and
-`<output>.png` (test macro-F1 vs wall time per method). Runs already in the JSON are skipped, so an interrupted
+`<output>.png` (test macro-F1 vs wall time per method); for `auto` runs that select between the probe, the fine-tune
+and their interpolations, `<output>.selection/*.npz` holds every candidate's validation logits and test scores
+(benchmarks/selection_noise.py reads them). Runs already in the JSON are skipped, so an interrupted
 benchmark resumes where it stopped; `--fresh` starts over.
 """
 
@@ -158,18 +160,67 @@ def _test_scorer(model_path: str, test_split: Any, bf16: bool) -> Any:
     labels = list(test_split["label"])
 
     @torch.no_grad()
-    def score(model: Any) -> tuple[float, float]:
+    def logits(model: Any) -> torch.Tensor:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        predicted = []
+        out = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
             for start in range(0, len(pixels), 64):
-                predicted.extend(model(pixel_values=pixels[start : start + 64].to(device)).logits.argmax(-1).tolist())
+                out.append(model(pixel_values=pixels[start : start + 64].to(device)).logits.float().cpu())
         model.train(was_training)
+        return torch.cat(out)
+
+    def score(model: Any) -> tuple[float, float]:
+        predicted = logits(model).argmax(-1).tolist()
         return float(accuracy_score(labels, predicted)), float(f1_score(labels, predicted, average="macro"))
 
+    score.logits, score.labels = logits, labels
     return score
+
+
+def _record_selection_candidates(score: Any, record: dict[str, Any], store: Path) -> None:
+    """Benchmark-only instrumentation for `benchmarks/selection_noise.py`: before the pipeline's model selection
+    (LP-FT: probe, fine-tune or an interpolation) runs, every candidate's validation logits and test macro-F1 are
+    written to `store` (.npz), with the test macro-F1 of the probe refitted on train + validation (what alpha 0
+    saves). The selection itself is untouched; this time is excluded from the wall time."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    import hf_finetune.pipeline.run as run_module
+    from hf_finetune.pipeline.select import ALPHAS, _validation_logits
+    from hf_finetune.probing.linear_probe import write_probe_into_head
+    from hf_finetune.training.interpolation import capture_state, load_interpolation
+
+    original = run_module.choose_interpolation
+
+    def recorded(trainer: Any, splits: Any, start: Any, probe: Any, seed: int, alphas: tuple[float, ...] = ALPHAS) -> Any:
+        began = time.perf_counter()
+        end = capture_state(trainer.model)
+        test_labels = np.asarray(score.labels)
+        validation, test = [], []
+        for alpha in alphas:
+            load_interpolation(trainer.model, start, end, alpha)
+            val_logits, val_labels = _validation_logits(trainer, splits)
+            validation.append(val_logits.astype(np.float32))
+            test.append(score.logits(trainer.model).numpy())
+        load_interpolation(trainer.model, start, end, 0.0)
+        write_probe_into_head(trainer.model, probe, full=True)
+        refit = score.logits(trainer.model).numpy()
+        trainer.model.load_state_dict(end)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            store, alphas=np.asarray(alphas), validation_logits=np.stack(validation), validation_labels=val_labels,
+            test_logits=np.stack(test).astype(np.float16), test_labels=test_labels,
+            probe_refit_test_logits=refit.astype(np.float16),
+            probe_cv_macro_f1=np.nan if probe.cv_macro_f1 is None else probe.cv_macro_f1,
+            probe_cv_std=np.nan if probe.cv_std is None else probe.cv_std,
+            test_macro_f1=np.asarray([f1_score(test_labels, t.argmax(-1), average="macro") for t in test]),
+            probe_refit_test_macro_f1=f1_score(test_labels, refit.argmax(-1), average="macro"))
+        record["excluded"] += time.perf_counter() - began
+        return original(trainer, splits, start, probe, seed, alphas)
+
+    run_module.choose_interpolation = recorded
 
 
 def _standard_probe(model_path: str, dataset: str, splits: Any, seed: int, cache: str) -> tuple[float, float, dict[str, Any]]:
@@ -237,6 +288,8 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     num_train = len(splits.train)
     started = time.perf_counter()
     callbacks, record = _callbacks(num_train, score, started, job.get("target_macro_f1"))
+    if curve_wanted and job.get("selection_store"):
+        _record_selection_candidates(score, record, Path(job["selection_store"]))
     if method == "probe-cv":
         accuracy, macro_f1, extra = _standard_probe(model_path, dataset, splits, seed, job["feature_cache"])
     elif method == "plain":
@@ -455,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                         job = {"method": method, "model": str(shared / "models" / model), "model_name": model,
                                "dataset": str(dataset_path), "dataset_name": dataset_name, "seed": seed,
                                "output_dir": str(run_dir), "feature_cache": cache, "bf16": options.bf16,
-                               "target_macro_f1": plain and plain["test_macro_f1"]}
+                               "target_macro_f1": plain and plain["test_macro_f1"],
+                               "selection_store": str(Path(options.output + ".selection") / f"{dataset_name}-{model}-seed{seed}.npz")}
                         run_dir.parent.mkdir(parents=True, exist_ok=True)
                         record = _spawn(job, run_dir.parent / f"{method}-seed{seed}.log", options.lock)
                     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints and weights are not results
