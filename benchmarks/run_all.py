@@ -259,7 +259,7 @@ def fastai_flags(model_path: str) -> list[str]:
         "--head-learning-rate", str(FASTAI_HEAD_LR), "--layer-decay", f"{decay:.4f}", "--lr-schedule", "one_cycle",
         "--weight-decay", "0.01", "--head-dropout", "0.25", "--drop-path-rate", "0.0", "--augmentation", "medium",
         "--mixup", "off", "--label-smoothing-factor", "0.0", "--class-balance", "none", "--train-bn", "true",
-        "--fix-bn-stats", "false", "--baseline", "false",
+        "--fix-bn-stats", "false", "--baseline", "false", "--ema", "0",
     ]
 
 

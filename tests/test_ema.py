@@ -28,7 +28,10 @@ class _CompareAfterUpdate(TrainerCallback):
 
 
 def test_decay_zero_is_the_raw_weights(tiny_checkpoint, image_folder, tmp_path):
+    # `--ema 0` builds no average (it would be the raw weights): the callback is added by hand to show that it is.
     trainer = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / "out", epochs=2, ema=0.0)
+    assert trainer.ema_callback is None
+    trainer.add_callback(EmaCallback(0.0))
     ema = trainer.ema_callback
     compare = _CompareAfterUpdate(ema)
     trainer.add_callback(compare)
@@ -89,3 +92,21 @@ def test_bad_decay(decay):
     with pytest.raises(ValueError) as err:
         FinetuneArguments(ema=decay)
     assert_mentions(str(err.value), "--ema", repr(decay), "0.999")
+
+
+def test_the_advisor_turns_the_average_on_for_a_trained_run_and_ema_0_turns_it_off(tiny_checkpoint, tmp_path):
+    from tests.test_advisor import _gray_folder
+
+    folder = _gray_folder(tmp_path / "gray")  # small + different: LP-FT
+    runs = {}
+    for name, extra in (("advised", []), ("off", ["--ema", "0"])):
+        out = tmp_path / name
+        assert main(["--model", tiny_checkpoint("resnet"), "--dataset", str(folder), "--output-dir", str(out),
+                     "--num-train-epochs", "1", "--per-device-train-batch-size", "8", "--disable-tqdm", "true",
+                     *extra]) == 0
+        runs[name] = json.loads((out / "run_config.json").read_text())
+    advised, off = runs["advised"], runs["off"]
+    assert advised["recipe"]["choices"]["ema"]["value"] == 0.999 and advised["recipe"]["choices"]["ema"]["source"] == "advisor"
+    assert advised["ema"]["decay"] == 0.999 and advised["ema"]["chosen"] in ("ema", "raw")
+    assert off["recipe"]["choices"]["ema"] == {"value": 0.0, "reason": "given by --ema", "source": "flag"}
+    assert "ema" not in off

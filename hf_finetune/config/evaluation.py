@@ -12,7 +12,8 @@ EMA_HELP = (
     "Exponential moving average of the weights with this decay per optimizer step (e.g. 0.999; timm's ModelEmaV3, "
     "its decay warmed up over the first steps), "
     "scored on validation beside the raw weights at every evaluation; the better of the two is kept "
-    "(run_config.json `ema`). Off by default."
+    "(run_config.json `ema`). 0 turns it off. Default: chosen by the recipe advisor: 0.999 when the run trains "
+    "(on eurosat the average scored higher than the raw weights in every paired seed), off for the linear probe."
 )
 INTERPRET_SPLIT_HELP = (
     "Split of the top-losses gallery and the most-confused class pairs: test, or validation for iterating without "

@@ -76,7 +76,8 @@ def build_trainer(
     monitor = GapMonitorCallback(
         train_log, mixer, mode=finetune_args.mixup, threshold=finetune_args.gap_threshold, patience=finetune_args.gap_patience
     )
-    ema = EmaCallback(finetune_args.ema, metric=training_args.metric_for_best_model) if finetune_args.ema is not None else None
+    # Decay 0 would average nothing (the raw weights themselves): `--ema 0` is how a user turns the average off.
+    ema = EmaCallback(finetune_args.ema, metric=training_args.metric_for_best_model) if finetune_args.ema else None
     callbacks = [
         StageUnfreezeCallback.from_args(finetune_args, metric=metric),
         monitor,
