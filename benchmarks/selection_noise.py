@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="write the results as JSON here")
     options = parser.parse_args(argv)
+    logging.getLogger("hf_finetune").setLevel(logging.ERROR)  # temperature fits on tiny subsets warn by design
     files = sorted(f for s in map(Path, options.stores) for f in ([s] if s.is_file() else s.glob("*.npz")))
     sizes: list[int | None] = [None, *options.per_class]
     results = [replay(f, sizes, options.draws, options.seed) for f in files]
