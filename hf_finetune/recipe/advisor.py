@@ -49,8 +49,7 @@ TRUNCATION_NOISE_SE = 2.0
 MIN_TRUNCATION_GAIN = 0.01
 # The top stage's LR of a fine-tune of small data from the probe head (LP-FT), and the head's too (multiplier 1).
 LP_FT_SMALL_LEARNING_RATE = 1e-4
-# The moving average's decay when the recipe trains (`--ema`; timm's warmup shortens it on short runs).
-ADVISED_EMA_DECAY = 0.999
+ADVISED_EMA_DECAY = 0.999  # `--ema` when the recipe trains (timm's warmup shortens the average on short runs)
 # Values of the depth fields that are not a stage (see FinetuneArguments.truncate_after).
 UNDECIDED_VALUES = {"strategy": (AUTO,), "truncate_after": (AUTO,)}
 
@@ -227,10 +226,7 @@ def plan_recipe(
             other choices are made around them (e.g. epochs are costed for a user-chosen strategy).
 
     Returns:
-        `RecipePlan` with a `Choice` for every name in `ADVISOR_FIELDS`, in this order: truncate_after, strategy,
-        layer_decay, head_init, learning_rate, head_lr_multiplier, fix_bn_stats, head_epochs, top_k, num_train_epochs,
-        stages_per_unfreeze, augmentation, mixup, head_dropout, drop_path_rate, label_smoothing_factor, class_balance,
-        ema.
+        `RecipePlan` with a `Choice` for every name in `ADVISOR_FIELDS`, in the order they are decided (depth first).
     """
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None and v not in UNDECIDED_VALUES.get(k, ())}
     decisions = _Decisions(RecipePlan(measurements=m, case=f"{m.size} + {m.domain}"), fixed)
@@ -400,9 +396,5 @@ def _choose_regularisers(
         f"largest/smallest class = {ratio:.1f} (threshold {IMBALANCE_RATIO_THRESHOLD:g}): "
         + ("weight the loss by inverse class frequency" if ratio >= IMBALANCE_RATIO_THRESHOLD else "balanced enough"),
     )
-    choose(
-        "ema",
-        ADVISED_EMA_DECAY if trains_backbone else 0.0,
-        "a moving average of the weights, kept where it beats the raw weights on validation (on eurosat it scored "
-        "higher in every paired seed, docs/benchmarks.md)" if trains_backbone else "no training epochs",
-    )
+    averaged = "a moving average of the weights, kept where it beats the raw weights on validation (eurosat: higher in every paired seed, docs/benchmarks.md)"
+    choose("ema", ADVISED_EMA_DECAY if trains_backbone else 0.0, averaged if trains_backbone else "no training epochs")
