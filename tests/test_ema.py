@@ -110,3 +110,18 @@ def test_the_advisor_turns_the_average_on_for_a_trained_run_and_ema_0_turns_it_o
     assert advised["ema"]["decay"] == 0.999 and advised["ema"]["chosen"] in ("ema", "raw")
     assert off["recipe"]["choices"]["ema"] == {"value": 0.0, "reason": "given by --ema", "source": "flag"}
     assert "ema" not in off
+
+
+def test_a_checkpoint_holds_the_average_and_a_resume_continues_it(tiny_checkpoint, image_folder, tmp_path):
+    from hf_finetune.training.callbacks.ema import AVERAGE_FILE, RECORD_FILE
+
+    full = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / "full", epochs=2, ema=0.9)
+    full.train()
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) == 2 and all((c / AVERAGE_FILE).is_file() and (c / RECORD_FILE).is_file() for c in checkpoints)
+    resumed = make_trainer("vit", tiny_checkpoint, image_folder, tmp_path / "full", epochs=2, ema=0.9)
+    resumed.train(resume_from_checkpoint=str(checkpoints[0]))  # the second epoch again, from the first's checkpoint
+    expected = full.ema_callback.average.module.state_dict()
+    averaged = resumed.ema_callback.average.module.state_dict()
+    assert all(torch.equal(expected[k], averaged[k]) for k in expected)  # the same average as the uninterrupted run
+    assert resumed.ema_callback.history == full.ema_callback.history

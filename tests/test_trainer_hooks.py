@@ -26,3 +26,9 @@ def test_every_private_override_is_declared_with_its_reason():
         if name.startswith("_") and not name.startswith("__") and callable(value) and hasattr(Trainer, name)
     }
     assert overridden == set(PRIVATE_OVERRIDES)
+
+
+def test_save_model_still_marks_the_checkpoint_saves_ema_hooks_into():
+    # FinetuneTrainer.save_model writes --ema's average into checkpoints on the Trainer's internal calls.
+    assert list(inspect.signature(Trainer.save_model).parameters) == ["self", "output_dir", "_internal_call"]
+    assert "self.save_model(output_dir, _internal_call=True)" in inspect.getsource(Trainer._save_checkpoint)

@@ -49,7 +49,8 @@ PRIVATE_OVERRIDES: dict[str, str] = {
     "_load_callback_state": "a resume re-creates stateful callbacks from their saved state; the new gap monitor and "
     "schedule recorder must be re-connected to this trainer's mixer and prediction log",
     "_load_from_checkpoint": "the Trainer reloads a resumed checkpoint with a non-strict load_state_dict that skips "
-    "the ViT family's renamed keys; from_pretrained applies the renaming",
+    "the ViT family's renamed keys; from_pretrained applies the renaming. It is also the one hook that knows the "
+    "resumed checkpoint's path, where `--ema` reads back its average",
     "_load_best_model": "the same non-strict reload for the best checkpoint at the end of training",
 }
 
@@ -298,24 +299,25 @@ class FinetuneTrainer(Trainer):
     # ---- callbacks sharing the trainer's objects ------------------------------------------------------------------
 
     def _connect_callbacks(self) -> None:
-        """Hands the gap monitor this trainer's prediction log and mixer, and the schedule recorder the monitor's
-        per-epoch fields. Needed again after a resume, which re-creates stateful callbacks from their saved args."""
+        """Hands the gap monitor this trainer's prediction log and mixer, and the schedule recorder the monitor's and
+        the moving average's per-epoch fields. Needed again after a resume, which re-creates stateful callbacks from
+        their saved args."""
         callbacks = self.callback_handler.callbacks
         for callback in callbacks:  # the run's stage map, computed once, instead of each callback splitting again
             if hasattr(callback, "stage_map"):
                 callback.stage_map = self.stage_map
         monitor = self.find_callback(GapMonitorCallback)
-        if monitor is None:
-            return
-        if self.train_log is None:
-            self.train_log = monitor.log or TrainPredictionLog()
-        monitor.log = self.train_log
-        if self.mixer is not None:
-            monitor.mixer = self.mixer
+        if monitor is not None:
+            if self.train_log is None:
+                self.train_log = monitor.log or TrainPredictionLog()
+            monitor.log = self.train_log
+            if self.mixer is not None:
+                monitor.mixer = self.mixer
+        # The gap monitor's and the moving average's per-epoch fields, this trainer's instances (not stale ones).
+        sources = [source.epoch_fields for source in (monitor, self.ema_callback) if source is not None]
         for recorder in (cb for cb in callbacks if isinstance(cb, ScheduleRecorderCallback)):
-            if not any(getattr(source, "__self__", None) is monitor for source in recorder.field_sources):
-                recorder.field_sources = [s for s in recorder.field_sources if not isinstance(getattr(s, "__self__", None), GapMonitorCallback)]
-                recorder.field_sources.append(monitor.epoch_fields)
+            others = [s for s in recorder.field_sources if not isinstance(getattr(s, "__self__", None), (GapMonitorCallback, EmaCallback))]
+            recorder.field_sources = [*sources, *others]
 
     def _load_callback_state(self) -> None:
         super()._load_callback_state()
@@ -345,7 +347,18 @@ class FinetuneTrainer(Trainer):
             hf_logging.set_verbosity(verbosity)
         model.load_state_dict(reloaded.state_dict(), strict=True)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's `save_model`; into a checkpoint (the Trainer's internal call, before it writes
+        trainer_state.json) also the moving average of `--ema`, so a resume continues it. `_internal_call` is the
+        Trainer's own mark of a checkpoint save (tests/test_trainer_hooks.py checks the parameter still exists)."""
+        super().save_model(output_dir, _internal_call)
+        ema = self.ema_callback
+        if ema is not None and _internal_call and output_dir and self.is_world_process_zero():
+            ema.save(output_dir)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if self.ema_callback is not None:
+            self.ema_callback.resume_from(resume_from_checkpoint)
         model = self.model if model is None else model
         if not self._can_reload_via_from_pretrained(resume_from_checkpoint, model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
