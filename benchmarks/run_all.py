@@ -194,12 +194,12 @@ def _record_selection_candidates(score: Any, record: dict[str, Any], store: Path
 
     original = run_module.choose_interpolation
 
-    def recorded(trainer: Any, splits: Any, start: Any, probe: Any, seed: int, alphas: tuple[float, ...] = ALPHAS) -> Any:
+    def recorded(trainer: Any, splits: Any, start: Any, probe: Any, seed: int) -> Any:
         began = time.perf_counter()
         end = capture_state(trainer.model)
         test_labels = np.asarray(score.labels)
         validation, test = [], []
-        for alpha in alphas:
+        for alpha in ALPHAS:
             load_interpolation(trainer.model, start, end, alpha)
             val_logits, val_labels = _validation_logits(trainer, splits)
             validation.append(val_logits.astype(np.float32))
@@ -210,7 +210,7 @@ def _record_selection_candidates(score: Any, record: dict[str, Any], store: Path
         trainer.model.load_state_dict(end)
         store.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
-            store, alphas=np.asarray(alphas), validation_logits=np.stack(validation), validation_labels=val_labels,
+            store, alphas=np.asarray(ALPHAS), validation_logits=np.stack(validation), validation_labels=val_labels,
             test_logits=np.stack(test).astype(np.float16), test_labels=test_labels,
             probe_refit_test_logits=refit.astype(np.float16),
             probe_cv_macro_f1=np.nan if probe.cv_macro_f1 is None else probe.cv_macro_f1,
@@ -218,7 +218,7 @@ def _record_selection_candidates(score: Any, record: dict[str, Any], store: Path
             test_macro_f1=np.asarray([f1_score(test_labels, t.argmax(-1), average="macro") for t in test]),
             probe_refit_test_macro_f1=f1_score(test_labels, refit.argmax(-1), average="macro"))
         record["excluded"] += time.perf_counter() - began
-        return original(trainer, splits, start, probe, seed, alphas)
+        return original(trainer, splits, start, probe, seed)
 
     run_module.choose_interpolation = recorded
 

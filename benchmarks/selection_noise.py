@@ -8,7 +8,9 @@ test macro-F1 of the model each rule would have kept, against the best candidate
 can know). No model is run: the candidates' scores are fixed, only the evidence for the choice shrinks.
 
 Rules:
-    val-f1        today's rule: the highest validation macro-F1, ties to the lower validation loss
+    default       hf_finetune's rule (pipeline/select.py): alpha 0.5 (WiSE-FT's untuned weight) unless another
+                  candidate leads it by more than one standard error of the paired difference (paired resamples)
+    val-f1        the rule before it: the highest validation macro-F1, ties to the lower validation loss
     val-nll       the lowest validation cross-entropy (a proper score: every image counts, not only argmax flips)
     val-nll-T     the lowest validation cross-entropy after a temperature fitted per candidate on the same images
                   (ranks the candidates' separation, not their calibration)
@@ -30,18 +32,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hf_finetune.evaluation.calibration import fit_temperature, negative_log_likelihood  # noqa: E402
+from hf_finetune.evaluation.intervals import paired_bootstrap_macro_f1  # noqa: E402
+from hf_finetune.pipeline.select import ALPHAS, BOOTSTRAP_SAMPLES, MIDDLE_ALPHA, Candidate, _kept  # noqa: E402
 
 Rule = Callable[[np.ndarray, np.ndarray, np.random.Generator], int]
 
 
 def _f1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(f1_score(labels, logits.argmax(-1), average="macro", zero_division=0))
+    """Macro-F1 over the classes present in `labels` or predicted (scikit-learn's `average="macro"`), by counting:
+    the replay scores millions of subsets."""
+    predicted = logits.argmax(-1)
+    k = logits.shape[-1]
+    true_positive = np.bincount(labels[predicted == labels], minlength=k)
+    support, guessed = np.bincount(labels, minlength=k), np.bincount(predicted, minlength=k)
+    present = (support + guessed) > 0
+    f1 = np.divide(2 * true_positive, support + guessed, out=np.zeros(k), where=present)
+    return float(f1[present].mean())
 
 
 def val_f1(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> int:
@@ -73,6 +84,19 @@ def probe_by_cv(cv_macro_f1: float, probe_position: int) -> Rule:
     return rule
 
 
+def default_rule(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator, seed: int | None = None) -> int:
+    """hf_finetune's rule (`pipeline/select.py`: `_kept` on paired resamples), replayed; with the run's `seed` on
+    the whole validation split it makes the run's own decision."""
+    alphas = list(ALPHAS)
+    candidates = [Candidate(a, _f1(c, labels), negative_log_likelihood(c, labels), 0.0) for a, c in zip(alphas, logits)]
+    seed = int(rng.integers(1 << 31)) if seed is None else seed
+    resampled = paired_bootstrap_macro_f1(labels, [c.argmax(-1) for c in logits], logits.shape[-1], BOOTSTRAP_SAMPLES, seed)
+    middle = alphas.index(MIDDLE_ALPHA)
+    for c, scores in zip(candidates, resampled):
+        c.lead, c.lead_std = c.validation_macro_f1 - candidates[middle].validation_macro_f1, float(np.std(scores - resampled[middle]))
+    return alphas.index(_kept(candidates).alpha)
+
+
 def fixed(position: int) -> Rule:
     return lambda logits, labels, rng: position
 
@@ -89,6 +113,8 @@ def replay(store: Path, per_class: list[int | None], draws: int, seed: int) -> d
     test = np.asarray(z["test_macro_f1"], dtype=float)
     test[alphas.index(0.0)] = float(z["probe_refit_test_macro_f1"])  # what alpha 0 saves
     rules: dict[str, Rule] = {"val-f1": val_f1, "val-nll": val_nll, "val-nll-T": val_nll_t, "bagged-f1": bagged_f1}
+    if tuple(alphas) == ALPHAS:
+        rules["default"] = default_rule
     if "probe_cv_macro_f1" in z.files and np.isfinite(z["probe_cv_macro_f1"]):
         rules["probe-cv"] = probe_by_cv(float(z["probe_cv_macro_f1"]), alphas.index(0.0))
     rules.update({f"alpha={a:g}": fixed(i) for i, a in enumerate(alphas)})
@@ -96,12 +122,16 @@ def replay(store: Path, per_class: list[int | None], draws: int, seed: int) -> d
     result: dict[str, object] = {"run": store.stem, "alphas": alphas, "test_macro_f1": test.tolist(),
                                  "oracle": float(test.max()), "validation_images": int(len(labels)), "by_size": {}}
     smallest_class = int(np.bincount(labels).min())
+    run_seed = int(store.stem.rsplit("seed", 1)[1]) if "seed" in store.stem else 0
     for size in (s for s in per_class if s is None or s < smallest_class):
         rng = np.random.default_rng(seed)
         kept: dict[str, list[float]] = {name: [] for name in rules}
         for _ in range(1 if size is None else draws):
             index = _subset(labels, size, rng)
             for name, rule in rules.items():
+                if name == "default" and size is None:  # the run's own decision, as pipeline/select.py made it
+                    kept[name].append(test[default_rule(logits, labels, rng, seed=run_seed)])
+                    continue
                 kept[name].append(test[rule(logits[:, index], labels[index], rng)])
         result["by_size"][str(size or "all")] = {name: float(np.mean(v)) for name, v in kept.items()}
     return result

@@ -28,6 +28,23 @@ def macro_f1_from_confusion(matrix: np.ndarray) -> float:
     return float(f1[seen].mean())
 
 
+def paired_bootstrap_macro_f1(
+    labels: np.ndarray, predictions: Sequence[np.ndarray], num_classes: int, samples: int, seed: int
+) -> np.ndarray:
+    """Macro-F1 of each model's `predictions` on the same `samples` resamples (with replacement) of the images:
+    an array models x samples whose rows differ only by the models, so row differences measure how much one model's
+    lead owes to which images were drawn."""
+    labels = np.asarray(labels, dtype=np.int64)
+    index = np.random.default_rng(seed).integers(0, len(labels), size=(samples, len(labels)))
+    scores = np.empty((len(predictions), samples))
+    for m, predicted in enumerate(predictions):
+        cells = labels * num_classes + np.asarray(predicted, dtype=np.int64)
+        for s, rows in enumerate(index):
+            matrix = np.bincount(cells[rows], minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+            scores[m, s] = macro_f1_from_confusion(matrix)
+    return scores
+
+
 def bootstrap_macro_f1(
     confusion_matrix: Sequence[Sequence[int]], samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE,
     seed: int = 0,

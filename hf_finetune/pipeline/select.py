@@ -3,9 +3,12 @@ weights (`choose_ema`); after a fine-tune from the linear-probe head (LP-FT), th
 weight-space interpolation of the two (WiSE-FT, `choose_interpolation`).
 
 Every candidate is scored the same way on the same images: the validation split, which neither the fine-tune nor the
-probe start was fitted on. Small validation splits are noisy, so each candidate's score comes with its paired
-bootstrap spread, and ties (to 1e-6) go to the lower validation loss. When the probe (alpha 0) wins, the saved model is
-the probe refitted on train + validation (`LinearProbe.full_weight`), which has seen more data at the same `C`.
+probe start was fitted on. Small validation splits are noisy, and picking the highest of five scores picks noise as
+often as signal (benchmarks/selection_noise.py replays the choice on smaller subsets of real runs' validation
+splits). So the interpolation half-way (alpha 0.5, WiSE-FT's untuned default) is kept unless another candidate
+beats it on validation by more than one standard error of the paired difference, estimated on resamples of the
+validation images (every candidate on the same resamples). When the probe (alpha 0) is kept, the saved model is the
+probe refitted on train + validation (`LinearProbe.full_weight`), which has seen more data at the same `C`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sklearn.metrics import f1_score
 
 from hf_finetune.data.splits import DataSplits
 from hf_finetune.evaluation.calibration import negative_log_likelihood
+from hf_finetune.evaluation.intervals import paired_bootstrap_macro_f1
 from hf_finetune.probing.linear_probe import LinearProbe, write_probe_into_head
 from hf_finetune.training.callbacks.ema import EmaCallback
 from hf_finetune.training.interpolation import State, capture_state, load_interpolation
@@ -28,17 +32,23 @@ logger = logging.getLogger(__name__)
 
 # Interpolation weights tried: 0 = the probe start, 1 = the fine-tune.
 ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+# The candidate kept unless another beats it beyond the noise: WiSE-FT's untuned mixing weight (Wortsman et al. 2022
+# found it close to the best tuned weight on every distribution they measured).
+MIDDLE_ALPHA = 0.5
 BOOTSTRAP_SAMPLES = 200
 
 
 @dataclass
 class Candidate:
-    """One model scored on the validation split."""
+    """One model scored on the validation split; `lead` is its macro-F1 minus the middle candidate's, `lead_std`
+    that difference's standard deviation over paired resamples of the validation images."""
 
     alpha: float
     validation_macro_f1: float
     validation_loss: float
     bootstrap_std: float
+    lead: float = 0.0
+    lead_std: float = 0.0
 
 
 def _scores(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -81,25 +91,39 @@ def choose_ema(trainer: FinetuneTrainer, splits: DataSplits, ema: EmaCallback, s
             else "the moving average did not score higher on validation than the raw best checkpoint"}
 
 
+def _kept(candidates: list[Candidate]) -> Candidate:
+    """The middle candidate, or the best (by macro-F1, ties to the lower loss) of those that lead it by more than
+    one paired standard error."""
+    leaders = [c for c in candidates if c.alpha != MIDDLE_ALPHA and c.lead > c.lead_std]
+    if not leaders:
+        return next(c for c in candidates if c.alpha == MIDDLE_ALPHA)
+    return max(leaders, key=lambda c: (round(c.validation_macro_f1, 6), -c.validation_loss))
+
+
 def choose_interpolation(
     trainer: FinetuneTrainer,
     splits: DataSplits,
     start: State,
     probe: LinearProbe,
     seed: int,
-    alphas: tuple[float, ...] = ALPHAS,
 ) -> dict[str, Any]:
     """Scores the interpolations between `start` (the probe-initialised model before training) and the trainer's
-    model (the fine-tune's best checkpoint) on validation, loads the winner into the trainer's model and returns
-    what `run_config.json` records under `model_selection`."""
+    model (the fine-tune's best checkpoint) on validation, loads the one kept (`_kept`) into the trainer's model and
+    returns what `run_config.json` records under `model_selection`."""
     end = capture_state(trainer.model)
     rng = np.random.default_rng(seed)
-    candidates = []
-    for alpha in alphas:
+    candidates, predictions = [], []
+    for alpha in ALPHAS:
         load_interpolation(trainer.model, start, end, alpha)
         logits, labels = _validation_logits(trainer, splits)
+        predictions.append(logits.argmax(-1))
         candidates.append(Candidate(alpha, *_scores(logits, labels, np.random.default_rng(rng.integers(1 << 31)))))
-    best = max(candidates, key=lambda c: (round(c.validation_macro_f1, 6), -c.validation_loss))
+    middle = ALPHAS.index(MIDDLE_ALPHA)
+    resampled = paired_bootstrap_macro_f1(labels, predictions, len(splits.labels), BOOTSTRAP_SAMPLES, seed)
+    for c, scores in zip(candidates, resampled):
+        c.lead = c.validation_macro_f1 - candidates[middle].validation_macro_f1
+        c.lead_std = float(np.std(scores - resampled[middle]))
+    best = _kept(candidates)
     load_interpolation(trainer.model, start, end, best.alpha)
     if best.alpha == 0.0:
         write_probe_into_head(trainer.model, probe, full=True)
@@ -109,19 +133,21 @@ def choose_interpolation(
         len(splits.validation), chosen, best.alpha, best.validation_macro_f1, best.bootstrap_std,
         ", ".join(f"{c.alpha:g}: {c.validation_macro_f1:.3f}" for c in candidates),
     )
+    lead = f"{best.lead:+.4f} +/- {best.lead_std:.4f}"
     return {
         "chosen": chosen,
         "alpha": best.alpha,
-        "estimate": f"validation macro-F1 on {len(splits.validation)} images (+/- bootstrap std over "
-        f"{BOOTSTRAP_SAMPLES} resamples); ties go to the lower validation loss",
+        "estimate": f"validation macro-F1 on {len(splits.validation)} images; alpha {MIDDLE_ALPHA:g} is kept unless "
+        f"another candidate leads it by more than one standard error of the paired difference ({BOOTSTRAP_SAMPLES} "
+        "resamples of the validation images; among those that do, the highest macro-F1, ties to the lower loss)",
         "candidates": [asdict(c) for c in candidates],
         "probe_cv_macro_f1": probe.cv_macro_f1,
         "reason": {
-            "linear_probe": "no interpolation towards the fine-tune scored higher on validation than the probe it "
-            "started from, so the saved model is the probe (refitted on train + validation)",
-            "fine_tune": "the fine-tuned model scored highest on validation",
+            "linear_probe": f"the probe start led the half-way interpolation by more than the noise ({lead}), so the "
+            "saved model is the probe (refitted on train + validation)",
+            "fine_tune": f"the fine-tuned model led the half-way interpolation by more than the noise ({lead})",
             "interpolation": f"the weight-space average {1 - best.alpha:g} x probe start + {best.alpha:g} x fine-tune "
-            "scored highest on validation",
+            + ("is kept: no candidate led it by more than the noise" if best.alpha == MIDDLE_ALPHA
+               else f"led the half-way one by more than the noise ({lead})"),
         }[chosen],
     }
-

@@ -205,7 +205,8 @@ def _selection_context(selection: Any) -> dict[str, Any] | None:
         return None
     rows = [
         {"alpha": f"{c['alpha']:g}", "macro_f1": _fmt(c.get("validation_macro_f1")), "std": _fmt(c.get("bootstrap_std")),
-         "loss": _fmt(c.get("validation_loss")), "kept": c["alpha"] == selection.get("alpha")}
+         "loss": _fmt(c.get("validation_loss")), "kept": c["alpha"] == selection.get("alpha"),
+         "lead": "" if c.get("lead_std") is None else f"{c['lead']:+.4f} ± {c['lead_std']:.4f}"}
         for c in selection.get("candidates", [])
     ]
     return {"chosen": selection["chosen"].replace("_", " "), "alpha": selection.get("alpha"),
