@@ -10,6 +10,7 @@ can know). No model is run: the candidates' scores are fixed, only the evidence 
 Rules:
     default       hf_finetune's rule (pipeline/select.py): alpha 0.5 (WiSE-FT's untuned weight) unless another
                   candidate leads it by more than one standard error of the paired difference (paired resamples)
+    default@A     the same rule around alpha A instead of 0.5
     val-f1        the rule before it: the highest validation macro-F1, ties to the lower validation loss
     val-nll       the lowest validation cross-entropy (a proper score: every image counts, not only argmax flips)
     val-nll-T     the lowest validation cross-entropy after a temperature fitted per candidate on the same images
@@ -84,17 +85,18 @@ def probe_by_cv(cv_macro_f1: float, probe_position: int) -> Rule:
     return rule
 
 
-def default_rule(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator, seed: int | None = None) -> int:
+def default_rule(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator, seed: int | None = None,
+                 anchor: float = MIDDLE_ALPHA) -> int:
     """hf_finetune's rule (`pipeline/select.py`: `_kept` on paired resamples), replayed; with the run's `seed` on
-    the whole validation split it makes the run's own decision."""
+    the whole validation split it makes the run's own decision. `anchor` replays it around another candidate."""
     alphas = list(ALPHAS)
     candidates = [Candidate(a, _f1(c, labels), negative_log_likelihood(c, labels), 0.0) for a, c in zip(alphas, logits)]
     seed = int(rng.integers(1 << 31)) if seed is None else seed
     resampled = paired_bootstrap_macro_f1(labels, [c.argmax(-1) for c in logits], logits.shape[-1], BOOTSTRAP_SAMPLES, seed)
-    middle = alphas.index(MIDDLE_ALPHA)
+    base = alphas.index(anchor)
     for c, scores in zip(candidates, resampled):
-        c.lead, c.lead_std = c.validation_macro_f1 - candidates[middle].validation_macro_f1, float(np.std(scores - resampled[middle]))
-    return alphas.index(_kept(candidates).alpha)
+        c.lead, c.lead_std = c.validation_macro_f1 - candidates[base].validation_macro_f1, float(np.std(scores - resampled[base]))
+    return alphas.index(_kept(candidates, anchor).alpha)
 
 
 def fixed(position: int) -> Rule:
@@ -115,6 +117,8 @@ def replay(store: Path, per_class: list[int | None], draws: int, seed: int) -> d
     rules: dict[str, Rule] = {"val-f1": val_f1, "val-nll": val_nll, "val-nll-T": val_nll_t, "bagged-f1": bagged_f1}
     if tuple(alphas) == ALPHAS:
         rules["default"] = default_rule
+        for anchor in (a for a in ALPHAS if a not in (0.0, MIDDLE_ALPHA)):
+            rules[f"default@{anchor:g}"] = lambda lg, lb, rng, anchor=anchor: default_rule(lg, lb, rng, anchor=anchor)
     if "probe_cv_macro_f1" in z.files and np.isfinite(z["probe_cv_macro_f1"]):
         rules["probe-cv"] = probe_by_cv(float(z["probe_cv_macro_f1"]), alphas.index(0.0))
     rules.update({f"alpha={a:g}": fixed(i) for i, a in enumerate(alphas)})
@@ -151,18 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     sizes: list[int | None] = [None, *options.per_class]
     results = [replay(f, sizes, options.draws, options.seed) for f in files]
     rules = list(results[0]["by_size"]["all"])
-    print(f"{len(results)} runs; mean test macro-F1 of the model each rule keeps, minus the oracle's (higher is better)")
-    for size in ["all", *map(str, options.per_class)]:
-        rows = [r for r in results if size in r["by_size"]]
-        if not rows:
-            continue
-        regret = {name: np.mean([r["by_size"][size][name] - r["oracle"] for r in rows]) for name in rules}
-        print(f"validation per class {size:>4} ({len(rows)} runs): " + "  ".join(f"{n} {v:+.4f}" for n, v in regret.items()))
+    sizes_seen = [size for size in ["all", *map(str, options.per_class)] if any(size in r["by_size"] for r in results)]
+    regret = {size: {name: float(np.mean([r["by_size"][size][name] - r["oracle"] for r in results if size in r["by_size"]]))
+                     for name in rules} for size in sizes_seen}
+    counts = {size: sum(size in r["by_size"] for r in results) for size in sizes_seen}
+    print(f"Test macro-F1 of the model each rule keeps minus the best candidate's, mean over {len(results)} runs "
+          "(0 is the most a rule can reach)\n")
+    print("| rule | " + " | ".join(f"whole split ({counts[s]} runs)" if s == "all" else f"{s} per class ({counts[s]} runs)"
+                                  for s in sizes_seen) + " |")
+    print("|---|" + "---|" * len(sizes_seen))
+    for name in rules:
+        print(f"| {name} | " + " | ".join(f"{regret[size][name]:+.4f}" for size in sizes_seen) + " |")
+    print()
     for r in results:
         print(r["run"], "test macro-F1 by alpha", [round(v, 4) for v in r["test_macro_f1"]],
               "kept with the whole split:", {n: round(v, 4) for n, v in r["by_size"]["all"].items() if not n.startswith("alpha")})
     if options.output:
-        Path(options.output).write_text(json.dumps({"argv": argv or sys.argv[1:], "runs": results}, indent=2))
+        Path(options.output).write_text(json.dumps({"argv": argv or sys.argv[1:], "regret": regret, "runs": results}, indent=2))
     return 0
 
 

@@ -91,12 +91,12 @@ def choose_ema(trainer: FinetuneTrainer, splits: DataSplits, ema: EmaCallback, s
             else "the moving average did not score higher on validation than the raw best checkpoint"}
 
 
-def _kept(candidates: list[Candidate]) -> Candidate:
-    """The middle candidate, or the best (by macro-F1, ties to the lower loss) of those that lead it by more than
-    one paired standard error."""
-    leaders = [c for c in candidates if c.alpha != MIDDLE_ALPHA and c.lead > c.lead_std]
+def _kept(candidates: list[Candidate], anchor: float = MIDDLE_ALPHA) -> Candidate:
+    """The `anchor` candidate, or the best (by macro-F1, ties to the lower loss) of those that lead it (`lead`,
+    measured from the anchor) by more than one paired standard error."""
+    leaders = [c for c in candidates if c.alpha != anchor and c.lead > c.lead_std]
     if not leaders:
-        return next(c for c in candidates if c.alpha == MIDDLE_ALPHA)
+        return next(c for c in candidates if c.alpha == anchor)
     return max(leaders, key=lambda c: (round(c.validation_macro_f1, 6), -c.validation_loss))
 
 
