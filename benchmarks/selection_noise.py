@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from hf_finetune.evaluation.calibration import fit_temperature, negative_log_likelihood  # noqa: E402
 from hf_finetune.evaluation.intervals import paired_bootstrap_macro_f1  # noqa: E402
-from hf_finetune.pipeline.select import ALPHAS, BOOTSTRAP_SAMPLES, MIDDLE_ALPHA, Candidate, _kept  # noqa: E402
+from hf_finetune.pipeline.select import ALPHAS, BOOTSTRAP_SAMPLES, MIDDLE_ALPHA, Candidate, _kept, _set_leads  # noqa: E402
 
 Rule = Callable[[np.ndarray, np.ndarray, np.random.Generator], int]
 
@@ -93,9 +93,7 @@ def default_rule(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     candidates = [Candidate(a, _f1(c, labels), negative_log_likelihood(c, labels), 0.0) for a, c in zip(alphas, logits)]
     seed = int(rng.integers(1 << 31)) if seed is None else seed
     resampled = paired_bootstrap_macro_f1(labels, [c.argmax(-1) for c in logits], logits.shape[-1], BOOTSTRAP_SAMPLES, seed)
-    base = alphas.index(anchor)
-    for c, scores in zip(candidates, resampled):
-        c.lead, c.lead_std = c.validation_macro_f1 - candidates[base].validation_macro_f1, float(np.std(scores - resampled[base]))
+    _set_leads(candidates, resampled, anchor)
     return alphas.index(_kept(candidates, anchor).alpha)
 
 

@@ -91,6 +91,15 @@ def choose_ema(trainer: FinetuneTrainer, splits: DataSplits, ema: EmaCallback, s
             else "the moving average did not score higher on validation than the raw best checkpoint"}
 
 
+def _set_leads(candidates: list[Candidate], resampled: np.ndarray, anchor: float = MIDDLE_ALPHA) -> None:
+    """Each candidate's `lead` over the `anchor` candidate and its std over the paired resamples (`resampled`:
+    candidates x resamples, from `paired_bootstrap_macro_f1`)."""
+    base = next(i for i, c in enumerate(candidates) if c.alpha == anchor)
+    for c, scores in zip(candidates, resampled):
+        c.lead = c.validation_macro_f1 - candidates[base].validation_macro_f1
+        c.lead_std = float(np.std(scores - resampled[base]))
+
+
 def _kept(candidates: list[Candidate], anchor: float = MIDDLE_ALPHA) -> Candidate:
     """The `anchor` candidate, or the best (by macro-F1, ties to the lower loss) of those that lead it (`lead`,
     measured from the anchor) by more than one paired standard error."""
@@ -118,11 +127,7 @@ def choose_interpolation(
         logits, labels = _validation_logits(trainer, splits)
         predictions.append(logits.argmax(-1))
         candidates.append(Candidate(alpha, *_scores(logits, labels, np.random.default_rng(rng.integers(1 << 31)))))
-    middle = ALPHAS.index(MIDDLE_ALPHA)
-    resampled = paired_bootstrap_macro_f1(labels, predictions, len(splits.labels), BOOTSTRAP_SAMPLES, seed)
-    for c, scores in zip(candidates, resampled):
-        c.lead = c.validation_macro_f1 - candidates[middle].validation_macro_f1
-        c.lead_std = float(np.std(scores - resampled[middle]))
+    _set_leads(candidates, paired_bootstrap_macro_f1(labels, predictions, len(splits.labels), BOOTSTRAP_SAMPLES, seed))
     best = _kept(candidates)
     load_interpolation(trainer.model, start, end, best.alpha)
     if best.alpha == 0.0:
