@@ -277,10 +277,10 @@ def test_a_fine_tune_that_never_beats_its_probe_start_saves_the_probe(tiny_check
 
     real = select_module._scores
 
-    def probe_scored_higher(logits, labels, rng):
-        macro_f1, loss, spread = real(logits, labels, rng)
+    def probe_scored_higher(logits, labels):
+        macro_f1, loss = real(logits, labels)
         scored.append(macro_f1)
-        return (2.0 if len(scored) == 1 else macro_f1), loss, spread  # alpha 0 (the probe start) is scored first
+        return (2.0 if len(scored) == 1 else macro_f1), loss  # alpha 0 (the probe start) is scored first
 
     scored: list[float] = []
     monkeypatch.setattr(select_module, "_scores", probe_scored_higher)

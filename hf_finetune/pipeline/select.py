@@ -51,14 +51,17 @@ class Candidate:
     lead_std: float = 0.0
 
 
-def _scores(logits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Macro-F1, cross-entropy and the bootstrap standard deviation of the macro-F1."""
-    predictions = logits.argmax(-1)
-    loss = negative_log_likelihood(logits, labels)
-    macro_f1 = float(f1_score(labels, predictions, average="macro", zero_division=0))
-    resampled = rng.integers(0, len(labels), size=(BOOTSTRAP_SAMPLES, len(labels)))
-    spread = [f1_score(labels[i], predictions[i], average="macro", zero_division=0) for i in resampled]
-    return macro_f1, loss, float(np.std(spread))
+def _scores(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Macro-F1 and cross-entropy of `logits` against `labels`."""
+    macro_f1 = float(f1_score(labels, logits.argmax(-1), average="macro", zero_division=0))
+    return macro_f1, negative_log_likelihood(logits, labels)
+
+
+def _scored(logits: np.ndarray, labels: np.ndarray, num_classes: int, seed: int) -> dict[str, float]:
+    """`_scores` and the macro-F1's standard deviation over the seed's resamples of the images, as recorded."""
+    macro_f1, loss = _scores(logits, labels)
+    spread = paired_bootstrap_macro_f1(labels, [logits.argmax(-1)], num_classes, BOOTSTRAP_SAMPLES, seed)[0]
+    return {"validation_macro_f1": macro_f1, "validation_loss": loss, "bootstrap_std": float(np.std(spread))}
 
 
 def _validation_logits(trainer: FinetuneTrainer, splits: DataSplits) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +74,14 @@ def choose_ema(trainer: FinetuneTrainer, splits: DataSplits, ema: EmaCallback, s
     """`--ema`: scores the trainer's model (the raw best checkpoint) and the best moving average on validation, loads
     the better into the trainer's model (ties keep the raw weights) and returns what `run_config.json` records
     under `ema`."""
-    rng = np.random.default_rng(seed)
-    keys = ("validation_macro_f1", "validation_loss", "bootstrap_std")
-    raw = dict(zip(keys, _scores(*_validation_logits(trainer, splits), rng)))
+    num_classes = len(splits.labels)
+    raw = _scored(*_validation_logits(trainer, splits), num_classes, seed)
     record = {**ema.summary(), "raw": raw}
     if ema.best_state is None:
         return {**record, "chosen": "raw", "reason": "the moving average was never evaluated"}
     raw_state = capture_state(trainer.model)
     trainer.model.load_state_dict(ema.best_state)
-    averaged = dict(zip(keys, _scores(*_validation_logits(trainer, splits), rng)))
+    averaged = _scored(*_validation_logits(trainer, splits), num_classes, seed)
     better = (round(averaged["validation_macro_f1"], 6), -averaged["validation_loss"]) > (
         round(raw["validation_macro_f1"], 6), -raw["validation_loss"])
     if not better:
@@ -120,14 +122,17 @@ def choose_interpolation(
     model (the fine-tune's best checkpoint) on validation, loads the one kept (`_kept`) into the trainer's model and
     returns what `run_config.json` records under `model_selection`."""
     end = capture_state(trainer.model)
-    rng = np.random.default_rng(seed)
-    candidates, predictions = [], []
+    scores, predictions = [], []
     for alpha in ALPHAS:
         load_interpolation(trainer.model, start, end, alpha)
         logits, labels = _validation_logits(trainer, splits)
         predictions.append(logits.argmax(-1))
-        candidates.append(Candidate(alpha, *_scores(logits, labels, np.random.default_rng(rng.integers(1 << 31)))))
-    _set_leads(candidates, paired_bootstrap_macro_f1(labels, predictions, len(splits.labels), BOOTSTRAP_SAMPLES, seed))
+        scores.append(_scores(logits, labels))
+    # One set of resamples for every candidate: each row's spread is its bootstrap std, row differences its lead's.
+    resampled = paired_bootstrap_macro_f1(labels, predictions, len(splits.labels), BOOTSTRAP_SAMPLES, seed)
+    candidates = [Candidate(alpha, macro_f1, loss, float(np.std(row)))
+                  for alpha, (macro_f1, loss), row in zip(ALPHAS, scores, resampled)]
+    _set_leads(candidates, resampled)
     best = _kept(candidates)
     load_interpolation(trainer.model, start, end, best.alpha)
     if best.alpha == 0.0:
