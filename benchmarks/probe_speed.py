@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 def probe_seconds(model_path: str, dataset: str, cache_dir: str, seed: int) -> dict:
     from hf_finetune import DataArguments, load_splits
-    from hf_finetune.probing.linear_probe import baseline_report
-    from hf_finetune.probing.features import compute_split_features
-    from hf_finetune.recipe.prepare import load_model
     from hf_finetune.config.sources import ModelArguments
+    from hf_finetune.probing.features import compute_split_features
+    from hf_finetune.probing.linear_probe import baseline_report
+    from hf_finetune.recipe.prepare import load_model
 
     splits = load_splits(DataArguments(dataset=dataset), seed=seed)
     model, processor = load_model(ModelArguments(model=model_path), splits, None, seed)

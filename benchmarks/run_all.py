@@ -382,6 +382,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "images_per_second": {name: round(statistics.mean(v), 1) for name, v in phases.items()},
             **({"kept": {k: sum(r.get("kept") == k for r in rs) for k in sorted({r.get("kept") for r in rs} - {None})}}
                if method == "auto" else {}),
+            # Set by merge_results.py: the result files (and so the commits) these runs came from.
+            **({"sources": sorted({r["source"] for r in rs})} if all("source" in r for r in rs) else {}),
         })
     # Time to quality: the wall time the default (auto) takes to first reach the plain recipe's final test macro-F1
     # (same model, dataset and seed), as a share of the plain recipe's total wall time.
@@ -389,7 +391,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     plain = {(r["dataset_name"], r["model_name"], r["seed"]): r for r in runs if r["method"] == "plain"}
     for r in runs:
         ref = plain.get((r["dataset_name"], r["model_name"], r["seed"]))
-        if r["method"] != "auto" or ref is None:
+        # Runs merged from different result files ran on different days and commits: their times do not compare.
+        if r["method"] != "auto" or ref is None or r.get("source") != ref.get("source"):
             continue
         reached = next((p for p in r["test_curve"] if p["macro_f1"] >= ref["test_macro_f1"]), None)
         ttq.append({
@@ -408,16 +411,20 @@ def _fmt(s: dict[str, float], digits: int = 3) -> str:
 def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"Benchmark of {payload['date']} on {payload['machine']}; seeds {payload['seeds']}; "
-        f"`python benchmarks/run_all.py {' '.join(payload['argv'])}`".rstrip(),
+        f"`{payload.get('command') or 'python benchmarks/run_all.py ' + ' '.join(payload['argv'])}`".rstrip(),
         "",
         "| dataset | model | method | test acc | test macro-F1 | wall s | images/s per phase | peak RSS MiB | kept |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    merged = any("sources" in row for row in payload["summary"]["table"])
+    if merged:
+        lines[2:4] = [lines[2] + " from |", lines[3] + "---|"]
     for row in payload["summary"]["table"]:
         speed = ", ".join(f"{k} {v:g}" for k, v in row["images_per_second"].items())
         lines.append(f"| {row['dataset']} | {row['model']} | {row['method']} | {_fmt(row['test_accuracy'])} | "
                      f"{_fmt(row['test_macro_f1'])} | {_fmt(row['wall_seconds'], 0)} | {speed} | {row['peak_rss_mib']:.0f} | "
-                     f"{', '.join(f'{k} {n}' for k, n in row.get('kept', {}).items())} |")
+                     f"{', '.join(f'{k} {n}' for k, n in row.get('kept', {}).items())} |"
+                     + (f" {', '.join(row.get('sources', []))} |" if merged else ""))
     ttq = payload["summary"]["time_to_quality"]
     if ttq:
         lines += ["", "Time to quality: wall time of `auto` to first reach the plain recipe's final test macro-F1 "
@@ -493,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {name: prepared_dataset(shared / "data" / name, subsample.get(name), work) for name in dataset_names}
     json_path, md_path, png_path = (Path(options.output + ext) for ext in (".json", ".md", ".png"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    runs = [] if options.fresh or not json_path.is_file() else json.loads(json_path.read_text())["runs"]
+    earlier = {} if options.fresh or not json_path.is_file() else json.loads(json_path.read_text())
+    runs = earlier.get("runs", [])
     done = {(r["method"], r["model_name"], r["dataset_name"], r["seed"]) for r in runs}
     machine = machine_description() + (", bf16" if options.bf16 else "")
     started = time.perf_counter()
@@ -520,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"macro-F1 {record['test_macro_f1']:.4f} in {record['wall_seconds']:.0f}s", flush=True)
                     payload = {"date": date.today().isoformat(), "machine": machine, "seeds": options.seeds,
                                "argv": list(argv if argv is not None else sys.argv[1:]),
-                               "datasets": {n: info for n, (_, info) in datasets.items()},
+                               "datasets": {**earlier.get("datasets", {}), **{n: info for n, (_, info) in datasets.items()}},
                                "runs": runs, "summary": summarise(runs)}
                     json_path.write_text(json.dumps(payload, indent=2))
                     md_path.write_text(markdown(payload))
