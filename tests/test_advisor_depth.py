@@ -151,3 +151,15 @@ def test_default_auto_run_records_the_stage_probe(kind, tiny_checkpoint, tmp_pat
     assert [s["name"] for s in probe["stages"]] == ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3"]
     assert config["recipe"]["choices"]["truncate_after"]["reason"]
     assert "Stage probe (linear probe on each frozen backbone stage" in (out / "README.md").read_text()
+
+
+def test_a_top_stage_clearly_outdone_by_a_block_makes_the_data_different_whatever_the_knn_lift():
+    similar = five_units(knn_bacc=0.95)  # k-NN lift 0.90 on 2 classes: "similar" by the lift alone
+    assert similar.domain == "similar" and plan_recipe(similar).value("strategy") == "linear_probe"
+    outdone = five_units(knn_bacc=0.95, stage_probe=CLEAR)
+    assert outdone.top_stage_outdone and outdone.domain == "different"
+    plan = plan_recipe(outdone)
+    assert plan.case == "small + different" and plan.value("strategy") == "head_then_unfreeze"
+    assert_mentions(plan.choices["strategy"].reason, "lift over chance 0.90", "different all the same", "best block blocks.1")
+    # A block ahead only within the CV noise leaves the k-NN call standing.
+    assert five_units(knn_bacc=0.95, stage_probe=NOISY).domain == "similar"

@@ -103,6 +103,41 @@ def paired_difference(a: StageScore, b: StageScore) -> tuple[float, float]:
     return float(diffs.mean()), se
 
 
+# A block below the top stage beats it "clearly" when its lead (mean CV macro-F1) exceeds CLEAR_GAIN_SE standard errors
+# of the fold-paired difference (every stage is scored on the same folds) and is at least MIN_CLEAR_GAIN macro-F1.
+CLEAR_GAIN_SE = 2.0
+MIN_CLEAR_GAIN = 0.01
+
+
+@dataclass
+class BlockGain:
+    """The best block below the top stage, its lead over the top stage (`diff`) and that lead's fold-paired `se`."""
+
+    block: StageScore
+    top: StageScore
+    diff: float
+    se: float
+    folds: int
+
+    @property
+    def clear(self) -> bool:
+        """The lead is beyond the CV noise and large enough to matter."""
+        return self.diff > CLEAR_GAIN_SE * self.se and self.diff >= MIN_CLEAR_GAIN
+
+    def describe(self) -> str:
+        return (f"stage probe ({self.folds}-fold CV macro-F1): best block {self.block.name} {self.block.macro_f1_mean:.3f} "
+                f"vs top {self.top.name} {self.top.macro_f1_mean:.3f}, difference {self.diff:+.3f} (fold-paired SE {self.se:.3f})")
+
+
+def best_block_gain(probe: StageProbe) -> BlockGain | None:
+    """The best `blocks.*` stage below the top and its lead over the top; None when there is no such block."""
+    blocks = [s for s in probe.stages if s.name.startswith("blocks.") and s.name != probe.top.name]
+    if not blocks:
+        return None
+    best = max(reversed(blocks), key=lambda s: s.macro_f1_mean)
+    return BlockGain(best, probe.top, *paired_difference(best, probe.top), folds=probe.folds)
+
+
 def probe_stages(
     stage_features: dict[str, FeatureSet],
     num_labels: int,

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hf_finetune.config.choices import AUTO, FALLBACKS
-from hf_finetune.probing.stage_probe import StageProbe, paired_difference
+from hf_finetune.probing.stage_probe import CLEAR_GAIN_SE, MIN_CLEAR_GAIN, StageProbe, best_block_gain
 from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, SIMILAR_LIFT, DatasetMeasurements
 from hf_finetune.training.regularization import IMBALANCE_RATIO_THRESHOLD, NOISY_LABEL_SMOOTHING
 
@@ -42,11 +42,6 @@ ADVISOR_FIELDS = (
     "augmentation", "mixup", "head_dropout", "drop_path_rate", "label_smoothing_factor", "class_balance", "fix_bn_stats",
     "truncate_after", "learning_rate", "head_lr_multiplier", "ema",
 )
-# Truncation (`truncate_after`) is proposed for small data when the stage probe's best block beats the top stage by
-# more than TRUNCATION_NOISE_SE standard errors of the fold-paired difference (every stage is scored on the same CV
-# folds) and by at least MIN_TRUNCATION_GAIN macro-F1: a smaller gain is not worth the lost capacity.
-TRUNCATION_NOISE_SE = 2.0
-MIN_TRUNCATION_GAIN = 0.01
 # The top stage's LR of a fine-tune of small data from the probe head (LP-FT), and the head's too (multiplier 1).
 LP_FT_SMALL_LEARNING_RATE = 1e-4
 ADVISED_EMA_DECAY = 0.999  # `--ema` when the recipe trains (timm's warmup shortens the average on short runs)
@@ -159,32 +154,24 @@ _STRATEGY_REASONS = {
 
 def propose_truncation(m: DatasetMeasurements) -> tuple[str, str]:
     """(`truncate_after` value, reason): the best block of the stage probe when it clearly beats the top stage on
-    small data, else `"none"`. The rule: best - top (mean CV macro-F1) > TRUNCATION_NOISE_SE x the standard error of
-    the fold-paired difference, and >= MIN_TRUNCATION_GAIN."""
+    small data (`BlockGain.clear`: beyond the CV noise; a smaller gain is not worth the lost capacity), else `"none"`."""
     if not m.stage_probe:
         return "none", "full depth: no stage probe ran (it runs with --strategy auto or --truncate-after auto, given 2+ train images per class)"
     probe = StageProbe.from_dict(m.stage_probe)
-    top = probe.top
-    blocks = [s for s in probe.stages if s.name.startswith("blocks.") and s.name != top.name]
-    if not blocks:
-        return "none", f"full depth: the stage probe found no block below the top stage {top.name}"
-    best = max(reversed(blocks), key=lambda s: s.macro_f1_mean)
-    diff, se = paired_difference(best, top)
-    curve = (
-        f"stage probe ({probe.folds}-fold CV macro-F1): best block {best.name} {best.macro_f1_mean:.3f} vs top "
-        f"{top.name} {top.macro_f1_mean:.3f}, difference {diff:+.3f} (fold-paired SE {se:.3f})"
-    )
-    if diff <= TRUNCATION_NOISE_SE * se or diff < MIN_TRUNCATION_GAIN:
+    gain = best_block_gain(probe)
+    if gain is None:
+        return "none", f"full depth: the stage probe found no block below the top stage {probe.top.name}"
+    if not gain.clear:
         return "none", (
-            f"full depth: {curve} is within the CV noise (truncation needs > {TRUNCATION_NOISE_SE:g} SE and >= "
-            f"{MIN_TRUNCATION_GAIN:g})"
+            f"full depth: {gain.describe()} is within the CV noise (truncation needs > {CLEAR_GAIN_SE:g} SE and >= "
+            f"{MIN_CLEAR_GAIN:g})"
         )
     if m.size != "small":
-        return "none", f"full depth: {curve}, but {m.images_per_class:.0f} images per class are enough to adapt the top stages"
-    removed = len(probe.stages) - 1 - best.index
-    return best.name, (
-        f"{curve} > {TRUNCATION_NOISE_SE:g} SE: the top stages' features do not transfer to this small dataset; cut "
-        f"after {best.name}, removing {removed} stage(s) (--truncate-after none keeps full depth)"
+        return "none", f"full depth: {gain.describe()}, but {m.images_per_class:.0f} images per class are enough to adapt the top stages"
+    removed = len(probe.stages) - 1 - gain.block.index
+    return gain.block.name, (
+        f"{gain.describe()} > {CLEAR_GAIN_SE:g} SE: the top stages' features do not transfer to this small dataset; cut "
+        f"after {gain.block.name}, removing {removed} stage(s) (--truncate-after none keeps full depth)"
     )
 
 
@@ -267,6 +254,8 @@ def _choose_strategy(
     domain_why = (
         f"k-NN on frozen features: lift over chance {lift} (similar from {SIMILAR_LIFT}), "
         f"{m.grayscale_fraction:.0%} grayscale images"
+        + (f"; different all the same: {m.block_gain.describe()}, so the top stage is specialised to another domain"
+           if m.top_stage_outdone and m.knn_lift is not None and m.knn_lift >= SIMILAR_LIFT else "")
     )
     size_why = f"{m.images_per_class:.0f} images per class (large from {LARGE_IMAGES_PER_CLASS})"
     strategy_why = f"{_STRATEGY_REASONS[proposed]} [{size_why}; {domain_why}]"
