@@ -24,7 +24,7 @@ from typing import Any
 
 from hf_finetune.config.choices import AUTO, FALLBACKS
 from hf_finetune.probing.stage_probe import CLEAR_GAIN_SE, MIN_CLEAR_GAIN, StageProbe, best_block_gain
-from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, SIMILAR_LIFT, DatasetMeasurements
+from hf_finetune.recipe.measure import LARGE_IMAGES_PER_CLASS, SHIFT_GAIN_SE, SIMILAR_LIFT, DatasetMeasurements
 from hf_finetune.training.regularization import IMBALANCE_RATIO_THRESHOLD, NOISY_LABEL_SMOOTHING
 
 logger = logging.getLogger(__name__)
@@ -254,7 +254,8 @@ def _choose_strategy(
     domain_why = (
         f"k-NN on frozen features: lift over chance {lift} (similar from {SIMILAR_LIFT}), "
         f"{m.grayscale_fraction:.0%} grayscale images"
-        + (f"; different all the same: {m.block_gain.describe()}, so the top stage is specialised to another domain"
+        + (f"; different all the same: {m.block_gain.describe()} (> {SHIFT_GAIN_SE:g} SE), so the top stage is "
+           "specialised to another domain"
            if m.top_stage_outdone and m.knn_lift is not None and m.knn_lift >= SIMILAR_LIFT else "")
     )
     size_why = f"{m.images_per_class:.0f} images per class (large from {LARGE_IMAGES_PER_CLASS})"

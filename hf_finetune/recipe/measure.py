@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 LARGE_IMAGES_PER_CLASS = 500
 # k-NN balanced-accuracy lift over chance from which frozen features count as "similar" to the pretraining domain.
 SIMILAR_LIFT = 0.85
+# A block below the top stage ahead of it by more than this many fold-paired standard errors (stage probe) makes the
+# data "different". Weaker evidence than truncation asks for (`CLEAR_GAIN_SE`), because the costs differ: a wrong
+# "different" costs a fine-tune whose model selection can still keep the probe; a wrong "similar" never fine-tunes.
+SHIFT_GAIN_SE = 1.0
 # Share of grayscale images from which the data counts as a different modality.
 GRAYSCALE_SHARE = 0.5
 KNN_NEIGHBOURS = 5
@@ -108,9 +112,10 @@ class DatasetMeasurements:
 
     @property
     def top_stage_outdone(self) -> bool:
-        """A block below the top stage separates the classes clearly better than the top (`BlockGain.clear`)."""
+        """A block below the top stage separates the classes better than the top, by more than `SHIFT_GAIN_SE`
+        fold-paired standard errors."""
         gain = self.block_gain
-        return gain is not None and gain.clear
+        return gain is not None and gain.diff > SHIFT_GAIN_SE * gain.se
 
     @property
     def domain(self) -> str:
