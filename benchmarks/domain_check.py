@@ -40,9 +40,14 @@ def check(model_path: Path, dataset: Path, seed: int) -> dict[str, Any]:
     m = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
     probe = fit_linear_probe(features.train, features.validation, len(splits.labels), seed=seed)
     stages = probe_stages(features.stages, len(splits.labels), seed=seed)
+    knn_call = m.domain  # before the stage probe is attached: the k-NN lift and grayscale share alone
+    m.stage_probe = stages.to_dict() if stages else None
+    gain = m.block_gain
     return {
-        "model": model_path.name, "dataset": dataset.name, "train_images": m.num_train, "classes": m.num_classes,
-        "knn_lift": m.knn_lift, "grayscale_fraction": m.grayscale_fraction, "domain_today": m.domain,
+        "model": model_path.name, "dataset": dataset.name, "seed": seed, "train_images": m.num_train,
+        "classes": m.num_classes, "knn_lift": m.knn_lift, "grayscale_fraction": m.grayscale_fraction,
+        "knn_call": knn_call, "domain_today": m.domain,
+        "block_gain": None if gain is None else {"block": gain.block.name, "diff": gain.diff, "se": gain.se, "clear": gain.clear},
         "probe_cv_macro_f1": probe.cv_macro_f1, "probe_cv_std": probe.cv_std,
         "stage_best": stages.best.name if stages else None, "stage_top": stages.top.name if stages else None,
         "stage_best_macro_f1": stages.best.macro_f1_mean if stages else None,
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=str(DEFAULT_SHARED))
     parser.add_argument("--models", nargs="*")
     parser.add_argument("--datasets", nargs="*")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "domain_check"))
     options = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,15 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     models = options.models or sorted(p.name for p in (shared / "models").iterdir() if p.is_dir())
     datasets = options.datasets or sorted(p.name for p in (shared / "data").iterdir() if p.is_dir())
     # A dataset is a folder name under <shared>/data, or a path (e.g. a subset made by run_all.py).
-    rows = [check(shared / "models" / m, Path(d) if os.sep in d else shared / "data" / d, options.seed)
-            for d in datasets for m in models]
+    rows = [check(shared / "models" / m, Path(d) if os.sep in d else shared / "data" / d, seed)
+            for d in datasets for m in models for seed in options.seeds]
     Path(options.output + ".json").write_text(json.dumps(rows, indent=2))
     lines = [f"`python benchmarks/domain_check.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
-             "| dataset | model | train | k-NN lift | grayscale | call today | probe CV macro-F1 | best stage (CV F1) | top stage (CV F1) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | model | seed | train | k-NN lift | grayscale | k-NN call | best block - top (SE) | call today | "
+             "probe CV macro-F1 | best stage (CV F1) | top stage (CV F1) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        gain = r["block_gain"]
+        lead = "-" if gain is None else f"{gain['block']} {gain['diff']:+.3f} ({gain['se']:.3f}){', clear' if gain['clear'] else ''}"
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['train_images']} | {r['knn_lift']:.2f} | {r['grayscale_fraction']:.0%} | "
+            f"| {r['dataset']} | {r['model']} | {r['seed']} | {r['train_images']} | {r['knn_lift']:.2f} | "
+            f"{r['grayscale_fraction']:.0%} | {r['knn_call']} | {lead} | "
             f"{r['domain_today']} | {r['probe_cv_macro_f1']:.3f} ± {r['probe_cv_std']:.3f} | "
             f"{r['stage_best']} ({r['stage_best_macro_f1']:.3f}) | {r['stage_top']} ({r['stage_top_macro_f1']:.3f}) |"
         )

@@ -20,7 +20,7 @@ Rules:
                   (5 folds, hundreds of images) instead of on the validation split alone
     alpha=A       a fixed candidate, no evidence used (alpha 0 is the probe refitted on train + validation)
 
-    python benchmarks/selection_noise.py benchmarks/results/benchmark.selection --per-class 10 20 40
+    python benchmarks/selection_noise.py benchmarks/results/benchmark_2026-11-29.selection --per-class 10 20 40
 """
 
 from __future__ import annotations
