@@ -40,13 +40,12 @@ def check(model_path: Path, dataset: Path, seed: int) -> dict[str, Any]:
     m = measure_dataset(splits, features, len(unfreeze_units(split_stages(model))), side, seed=seed)
     probe = fit_linear_probe(features.train, features.validation, len(splits.labels), seed=seed)
     stages = probe_stages(features.stages, len(splits.labels), seed=seed)
-    knn_call = m.domain  # before the stage probe is attached: the k-NN lift and grayscale share alone
     m.stage_probe = stages.to_dict() if stages else None
     gain = m.block_gain
     return {
         "model": model_path.name, "dataset": dataset.name, "seed": seed, "train_images": m.num_train,
         "classes": m.num_classes, "knn_lift": m.knn_lift, "grayscale_fraction": m.grayscale_fraction,
-        "knn_call": knn_call, "domain_today": m.domain,
+        "knn_call": m.knn_domain, "domain_today": m.domain,
         "block_gain": None if gain is None else {"block": gain.block.name, "diff": gain.diff, "se": gain.se, "clear": gain.clear},
         "probe_cv_macro_f1": probe.cv_macro_f1, "probe_cv_std": probe.cv_std,
         "stage_best": stages.best.name if stages else None, "stage_top": stages.top.name if stages else None,

@@ -19,10 +19,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_all import markdown, plot, summarise  # noqa: E402
 
 
-def _source(payload: dict) -> str:
-    return f"{Path(payload['name']).stem} ({payload['date']})"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="results path stem (OUTPUT.json, .md, .png)")
@@ -30,12 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     runs: dict[tuple, dict] = {}
     newest: dict[tuple[str, int], int] = {}  # (dataset, seed) -> training images in the newest file that ran it
-    payloads = []
+    payloads: list[tuple[str, dict]] = []  # (source: "<file stem> (<date>)", payload)
     for name in options.inputs:
         payload = json.loads(Path(name).read_text())
-        payloads.append(payload)
-        payload["name"] = name
-        source = _source(payload)
+        source = f"{Path(name).stem} ({payload['date']})"
+        payloads.append((source, payload))
         for r in payload["runs"]:
             runs[(r["method"], r["model_name"], r["dataset_name"], r["seed"])] = {**r, "source": source}
             newest[r["dataset_name"], r["seed"]] = r["train_images"]
@@ -46,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"the newer runs on {newest[r['dataset_name'], r['seed']]}", file=sys.stderr)
             del runs[key]
     # A file's description of a dataset (subset size, source) holds only if some of that file's runs of it are kept.
-    datasets = {name: info for payload in payloads for name, info in payload["datasets"].items()
-                if any(r["dataset_name"] == name and r["source"] == _source(payload) for r in runs.values())}
-    merged = {"date": date.today().isoformat(), "machine": payloads[-1]["machine"],
+    kept = {(r["source"], r["dataset_name"]) for r in runs.values()}
+    datasets = {name: info for source, payload in payloads for name, info in payload["datasets"].items()
+                if (source, name) in kept}
+    merged = {"date": date.today().isoformat(), "machine": payloads[-1][1]["machine"],
               "seeds": sorted({r["seed"] for r in runs.values()}),
               "argv": list(argv if argv is not None else sys.argv[1:]),
               "command": " ".join(["python benchmarks/merge_results.py", *(argv if argv is not None else sys.argv[1:])]),

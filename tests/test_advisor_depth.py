@@ -161,6 +161,11 @@ def test_a_top_stage_clearly_outdone_by_a_block_makes_the_data_different_whateve
     plan = plan_recipe(outdone)
     assert plan.case == "small + different" and plan.value("strategy") == "head_then_unfreeze"
     assert_mentions(plan.choices["strategy"].reason, "lift over chance 0.90", "different all the same", "best block blocks.1")
+    # Without a k-NN measurement (too few images per class) colour images count as similar; the stage probe still
+    # overrules that, and the reason says so.
+    unmeasured = plan_recipe(five_units(knn_bacc=None, stage_probe=CLEAR))
+    assert unmeasured.case == "small + different"
+    assert_mentions(unmeasured.choices["strategy"].reason, "lift over chance n/a", "different all the same")
     # Weaker evidence than a cut needs: NOISY's block is ahead by 1.3 SE, too little to truncate, enough to fine-tune.
     assert propose_truncation(five_units(knn_bacc=0.95, stage_probe=NOISY))[0] == "none"
     assert five_units(knn_bacc=0.95, stage_probe=NOISY).domain == "different"

@@ -119,10 +119,14 @@ class BlockGain:
     se: float
     folds: int
 
+    def beyond(self, standard_errors: float) -> bool:
+        """The lead exceeds `standard_errors` fold-paired standard errors."""
+        return self.diff > standard_errors * self.se
+
     @property
     def clear(self) -> bool:
         """The lead is beyond the CV noise and large enough to matter."""
-        return self.diff > CLEAR_GAIN_SE * self.se and self.diff >= MIN_CLEAR_GAIN
+        return self.beyond(CLEAR_GAIN_SE) and self.diff >= MIN_CLEAR_GAIN
 
     def describe(self) -> str:
         return (f"stage probe ({self.folds}-fold CV macro-F1): best block {self.block.name} {self.block.macro_f1_mean:.3f} "

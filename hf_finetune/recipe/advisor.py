@@ -256,7 +256,7 @@ def _choose_strategy(
         f"{m.grayscale_fraction:.0%} grayscale images"
         + (f"; different all the same: {m.block_gain.describe()} (> {SHIFT_GAIN_SE:g} SE), so the top stage is "
            "specialised to another domain"
-           if m.top_stage_outdone and m.knn_lift is not None and m.knn_lift >= SIMILAR_LIFT else "")
+           if m.domain != m.knn_domain else "")
     )
     size_why = f"{m.images_per_class:.0f} images per class (large from {LARGE_IMAGES_PER_CLASS})"
     strategy_why = f"{_STRATEGY_REASONS[proposed]} [{size_why}; {domain_why}]"

@@ -115,20 +115,26 @@ class DatasetMeasurements:
         """A block below the top stage separates the classes better than the top, by more than `SHIFT_GAIN_SE`
         fold-paired standard errors."""
         gain = self.block_gain
-        return gain is not None and gain.diff > SHIFT_GAIN_SE * gain.se
+        return gain is not None and gain.beyond(SHIFT_GAIN_SE)
 
     @property
-    def domain(self) -> str:
-        """`similar` to the pretraining domain (colour images, k-NN lift from `SIMILAR_LIFT`, and no block below the
-        top stage clearly better than it), else `different`."""
+    def knn_domain(self) -> str:
+        """The call from the images alone: `different` for mostly grayscale images or a k-NN lift under
+        `SIMILAR_LIFT`, else `similar`."""
         lift = self.knn_lift
-        # A top stage outdone by an earlier block is specialised to another domain, whatever the k-NN lift says: on
-        # eurosat / mobilenet_v2 the lift sits at the threshold (0.84-0.85 by seed) while blocks.3 beats the top.
-        if self.grayscale_fraction >= GRAYSCALE_SHARE or self.top_stage_outdone:
+        if self.grayscale_fraction >= GRAYSCALE_SHARE:
             return "different"
         if lift is None:
             return "similar"  # no evidence of a shift: colour images and too few per class to measure
         return "similar" if lift >= SIMILAR_LIFT else "different"
+
+    @property
+    def domain(self) -> str:
+        """`knn_domain`, except that a top stage outdone by an earlier block (`top_stage_outdone`) makes it
+        `different`."""
+        # A top stage outdone by an earlier block is specialised to another domain, whatever the k-NN lift says: on
+        # eurosat / mobilenet_v2 the lift sits at the threshold (0.84-0.85 by seed) while blocks.3 beats the top.
+        return "different" if self.top_stage_outdone else self.knn_domain
 
     def epoch_seconds(self, trainable_share: float) -> float | None:
         """Estimated seconds of one epoch (training + validation) when `trainable_share` of the backbone trains."""
