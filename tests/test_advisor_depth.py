@@ -12,9 +12,9 @@ import pytest
 
 from conftest import FAST_RUN_FLAGS, write_image_folder
 from helpers import assert_mentions, measured
-from hf_finetune.recipe.advisor import plan_recipe, propose_truncation
 from hf_finetune.cli.main import main
 from hf_finetune.probing.stage_probe import StageProbe, StageScore
+from hf_finetune.recipe.advisor import plan_recipe, propose_truncation
 
 NAMES = ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"]
 
@@ -173,5 +173,6 @@ def test_a_top_stage_clearly_outdone_by_a_block_makes_the_data_different_whateve
     top = [0.85, 0.86, 0.84, 0.86, 0.82]
     within = curve({"embeddings": [0.6] * 5, "blocks.0": [0.7] * 5, "blocks.1": [0.90, 0.81, 0.88, 0.82, 0.83],
                     "blocks.2": [x - 0.01 for x in top], "blocks.3": [x - 0.02 for x in top], "norm": top})
-    assert 0 < five_units(stage_probe=within).block_gain.diff < five_units(stage_probe=within).block_gain.se  # +0.002, SE 0.02
+    gain = five_units(stage_probe=within).block_gain
+    assert 0 < gain.diff < gain.se  # +0.002, SE 0.02
     assert five_units(knn_bacc=0.95, stage_probe=within).domain == "similar"
