@@ -79,3 +79,26 @@ def test_two_process_streaming_run_reads_the_whole_stream_once_per_epoch(tmp_pat
     schedule = json.loads((out / "schedule.json").read_text())
     assert len(schedule["epochs"]) == 2
     assert schedule["lr_history"]["step"][-1] == 2 * -(-rows // 8)  # 2 processes x 4 images per optimizer step
+
+
+def test_a_finished_run_leaves_the_process_group(tmp_path, tiny_checkpoint, monkeypatch):
+    """The CLI destroys the process group it ran in (a group left alive at exit can abort the process while Gloo's
+    threads are torn down), after a barrier, so no process leaves before the main one has written the output."""
+    import torch.distributed as dist
+
+    from hf_finetune.cli import main as cli
+
+    data = write_image_folder(tmp_path / "images", per_class=4, splits=("train", "val", "test"))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    calls = []
+    barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier") or barrier(*a, **k))
+    try:
+        code = cli.main(["--model", tiny_checkpoint("vit"), "--dataset", str(data), "--output-dir", str(tmp_path / "out"),
+                         "--strategy", "linear_probe", "--disable-tqdm", "true"])
+        assert code == 0 and (tmp_path / "out" / "model.safetensors").is_file()
+        assert not dist.is_initialized()
+        assert calls == ["barrier"]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

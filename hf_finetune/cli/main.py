@@ -110,6 +110,19 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+def leave_process_group() -> None:
+    """Under torchrun / accelerate launch, after a finished run: every process waits until the main one has written
+    the output, then the process group is destroyed. A process that exits with the group alive can leave Gloo's
+    worker threads to be torn down with the interpreter, an intermittent SIGABRT ("terminate called without an
+    active exception", pytorch/pytorch#190489). Not after a failure: a rank that died mid-collective would leave the
+    others waiting in the barrier (pytorch/torchtitan#1342)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _run_subcommand(name: str, argv: list[str]) -> int:
     import importlib
 
@@ -142,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             from hf_finetune.pipeline.kfold import run_kfold
 
             summary = run_kfold(model_args, data_args, finetune_args, training_args)
+            leave_process_group()
             f1, acc = summary["test_macro_f1"], summary["test_accuracy"]
             print(
                 f"hf_finetune: {summary['k']}-fold test macro-F1 {f1['mean']:.4f} +/- {f1['half_width']:.4f}, accuracy "
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         result = run_finetune(model_args, data_args, finetune_args, training_args, share_args)
+        leave_process_group()
     except ValueError as err:
         return refused(err)
     except NonFiniteLossError as err:
