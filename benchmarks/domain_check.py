@@ -54,21 +54,31 @@ def check(model_path: Path, dataset: Path, seed: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def asset_parser(doc: str, output: str, seeds: list[int]) -> argparse.ArgumentParser:
+    """The options of a script over the shared models x datasets x seeds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(DEFAULT_SHARED))
     parser.add_argument("--models", nargs="*")
     parser.add_argument("--datasets", nargs="*")
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "domain_check"))
-    options = parser.parse_args(argv)
+    parser.add_argument("--seeds", nargs="*", type=int, default=seeds)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / output))
+    return parser
+
+
+def assets(options: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """(model folders, dataset folders) the options select; every shared one by default. A dataset is a folder name
+    under <shared>/data, or a path (e.g. a subset made by run_all.py)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     shared = Path(options.shared)
     models = options.models or sorted(p.name for p in (shared / "models").iterdir() if p.is_dir())
     datasets = options.datasets or sorted(p.name for p in (shared / "data").iterdir() if p.is_dir())
-    # A dataset is a folder name under <shared>/data, or a path (e.g. a subset made by run_all.py).
-    rows = [check(shared / "models" / m, Path(d) if os.sep in d else shared / "data" / d, seed)
-            for d in datasets for m in models for seed in options.seeds]
+    return [shared / "models" / m for m in models], [Path(d) if os.sep in d else shared / "data" / d for d in datasets]
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = asset_parser(__doc__, "domain_check", [0]).parse_args(argv)
+    models, datasets = assets(options)
+    rows = [check(m, d, seed) for d in datasets for m in models for seed in options.seeds]
     Path(options.output + ".json").write_text(json.dumps(rows, indent=2))
     lines = [f"`python benchmarks/domain_check.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
              "| dataset | model | seed | train | k-NN lift | grayscale | k-NN call | best block - top (SE) | call today | "

@@ -13,18 +13,18 @@ import pytest
 from conftest import FAST_RUN_FLAGS, write_image_folder
 from helpers import assert_mentions, measured
 from hf_finetune.cli.main import main
-from hf_finetune.probing.stage_probe import StageProbe, StageScore
+from hf_finetune.probing.stage_probe import MIN_CLEAR_GAIN, StageProbe, StageScore
 from hf_finetune.recipe.advisor import plan_recipe, propose_truncation
 
 NAMES = ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"]
 
 
-def curve(folds: dict[str, list[float]]) -> dict:
+def curve(folds: dict[str, list[float]], repeats: int = 1) -> dict:
     stages = [
         StageScore(name, index, 16, float(np.mean(scores)), float(np.std(scores, ddof=1)), scores, 1.0)
         for index, (name, scores) in enumerate(folds.items())
     ]
-    return StageProbe(stages=stages, folds=len(stages[0].fold_scores), seed=0).to_dict()
+    return StageProbe(stages=stages, folds=len(stages[0].fold_scores) // repeats, seed=0, repeats=repeats).to_dict()
 
 
 CLEAR = curve({
@@ -176,3 +176,19 @@ def test_a_top_stage_clearly_outdone_by_a_block_makes_the_data_different_whateve
     gain = five_units(stage_probe=within).block_gain
     assert 0 < gain.diff < gain.se  # +0.002, SE 0.02
     assert five_units(knn_bacc=0.95, stage_probe=within).domain == "similar"
+
+
+
+def test_a_lead_under_the_floor_leaves_the_knn_call_whatever_its_standard_errors():
+    # hymenoptera / mobilenet_v2 seed 2: blocks.5 ahead of the top by +0.0097 at 1.6 SE on one split (+0.003 over
+    # three shuffles): under MIN_CLEAR_GAIN, so the k-NN lift's "similar" stands and the probe is kept.
+    top = [0.95, 0.97, 0.96, 0.94, 0.98]
+    flat = {"embeddings": [0.6] * 5, "blocks.0": [0.7] * 5, "blocks.1": [0.8] * 5, "blocks.2": [0.85] * 5}
+    under = curve({**flat, "blocks.3": [0.965, 0.975, 0.97, 0.95, 0.985], "norm": top})  # +0.008 on every fold
+    gain = five_units(stage_probe=under).block_gain
+    assert 0 < gain.diff < MIN_CLEAR_GAIN and gain.diff > 4 * gain.se
+    assert five_units(knn_bacc=0.95, stage_probe=under).domain == "similar"
+    assert plan_recipe(five_units(knn_bacc=0.95, stage_probe=under)).value("strategy") == "linear_probe"
+    # The same folds, each 0.004 higher: at the floor, the stage probe makes the data "different".
+    at = curve({**flat, "blocks.3": [x + 0.004 for x in [0.965, 0.975, 0.97, 0.95, 0.985]], "norm": top})
+    assert five_units(knn_bacc=0.95, stage_probe=at).domain == "different"

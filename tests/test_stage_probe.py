@@ -14,7 +14,7 @@ from hf_finetune import DataArguments, load_model_and_processor, load_splits, sp
 from hf_finetune.cli.main import main
 from hf_finetune.probing.features import FeatureSet, compute_split_features
 from hf_finetune.backbones.taps import extract_features
-from hf_finetune.probing.stage_probe import StageScore, paired_difference, probe_stages
+from hf_finetune.probing.stage_probe import PROBE_REPEATS, StageProbe, StageScore, best_block_gain, paired_difference, probe_stages
 
 
 def _features(kind, tiny_checkpoint, image_folder, cache_dir, **kwargs):
@@ -38,7 +38,7 @@ def test_one_entry_per_backbone_stage(kind, tiny_checkpoint, image_folder, tmp_p
     assert [(s.name, s.index) for s in probe.stages] == [(name, i) for i, name in enumerate(backbone)]
     for score in probe.stages:
         assert score.feature_dim == features.stages[score.name].features.shape[1]
-        assert len(score.fold_scores) == 3 and 0.0 <= score.macro_f1_mean <= 1.0
+        assert len(score.fold_scores) == 3 * PROBE_REPEATS and 0.0 <= score.macro_f1_mean <= 1.0
     assert probe.top.name == backbone[-1]
 
 
@@ -75,6 +75,31 @@ def test_probe_prefers_the_stage_that_separates_the_classes():
     assert se > 0
 
 
+def test_repeated_folds_start_with_the_single_split_and_keep_its_error_scale():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 20)
+    stages = {name: FeatureSet(rng.normal(size=(60, 6)) + labels[:, None] * scale, labels) for name, scale in (("blocks.0", 0.8), ("norm", 0.5))}
+    # One C, so that the first shuffle's folds score the same as the single split's (C is chosen over all folds).
+    single = probe_stages(stages, 3, folds=5, repeats=1, seed=3, c_grid=(1.0,))
+    repeated = probe_stages(stages, 3, folds=5, repeats=3, seed=3, c_grid=(1.0,))
+    assert repeated.repeats == 3 and repeated.folds == 5
+    for one, many in zip(single.stages, repeated.stages):
+        assert len(many.fold_scores) == 15 and many.fold_scores[:5] == one.fold_scores
+        assert many.fold_scores[5:10] != one.fold_scores  # another shuffle
+    # The error of the lead is one 5-fold split's, s / sqrt(5), not shrunk by the repeats (s / sqrt(15)).
+    diffs = np.subtract(repeated.stages[0].fold_scores, repeated.stages[1].fold_scores)
+    gain = best_block_gain(repeated)
+    assert gain.diff == pytest.approx(diffs.mean())
+    assert gain.se == pytest.approx(diffs.std(ddof=1) / np.sqrt(5))
+    assert "5-fold CV x3" in gain.describe()
+    # A record written before repeats existed reads as one split, its error over all its folds.
+    payload = single.to_dict()
+    del payload["repeats"]
+    old = StageProbe.from_dict(payload)
+    assert old.repeats == 1 and best_block_gain(old).se == pytest.approx(best_block_gain(single).se)
+    assert repeated.to_dict()["repeats"] == 3
+
+
 def test_probe_needs_two_images_per_class():
     labels = np.array([0, 0, 0, 1])
     assert probe_stages({"blocks.0": FeatureSet(np.ones((4, 2)), labels)}, 2) is None
@@ -108,6 +133,8 @@ def test_probe_command_errors(tiny_checkpoint, image_folder, tmp_path, capsys):
     argv = ["probe", "--model", tiny_checkpoint("resnet"), "--dataset", str(image_folder), "--output-dir", str(tmp_path)]
     assert main([*argv, "--folds", "1"]) == 2
     assert_mentions(capsys.readouterr().err, "`--folds`", "got 1", "at least 2")
+    assert main([*argv, "--repeats", "0"]) == 2
+    assert_mentions(capsys.readouterr().err, "`--repeats`", "got 0", "at least 1")
 
 
 def test_stage_pooling_of_token_models_follows_the_head(tiny_checkpoint, image_folder, tmp_path):

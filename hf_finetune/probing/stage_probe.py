@@ -3,9 +3,9 @@
 One forward pass over the data (`features.compute_split_features(..., stages=True)`, through
 `backbones.taps.FeatureTaps`, each stage cached under its own key) gives the pooled output of every stage the backbone
 adapter knows (`split_stages(...).backbone`: embeddings, blocks.i, norm). A linear probe, the baseline's logistic
-regression (`linear_probe.search_c`), is scored on each stage's train
-features under stratified k-fold cross-validation (train split only: validation and test are never looked at), with
-the regularisation `C` chosen per stage by its mean CV macro-F1. The curve says where the pretrained features stop
+regression (`linear_probe.search_c`), is scored on each stage's train features under stratified k-fold
+cross-validation, optionally repeated over shuffles (train split only: validation and test are never looked at),
+with the regularisation `C` chosen per stage by its mean CV macro-F1. The curve says where the pretrained features stop
 helping: on data far from the pretraining domain, a middle stage can beat the top one (the case for truncation,
 `--truncate-after`).
 
@@ -32,6 +32,10 @@ from hf_finetune.probing.linear_probe import PROBE_C_GRID, best_c, search_c
 logger = logging.getLogger(__name__)
 
 PROBE_FOLDS = 5
+# Shuffles of the k-fold split. The advisor reads one: its truncation bar (2 SE of one split) was set, and measured to
+# pay off on pneumoniamnist, on one split. `probe --repeats 3` shows how far a lead moves with the split
+# (benchmarks/stage_probe_repeats.py).
+PROBE_REPEATS = 1
 
 
 @dataclass
@@ -44,7 +48,7 @@ class StageScore:
             `--train-stages` take it.
         feature_dim (`int`): size of the pooled features.
         macro_f1_mean, macro_f1_std (`float`): mean and sample std of the fold macro-F1s at the chosen `C`.
-        fold_scores (`list[float]`): macro-F1 of each fold (the same folds for every stage).
+        fold_scores (`list[float]`): macro-F1 of each fold, repeat after repeat (the same folds for every stage).
         C (`float`): the inverse regularisation strength with the best mean CV macro-F1.
     """
 
@@ -59,12 +63,14 @@ class StageScore:
 
 @dataclass
 class StageProbe:
-    """The probe curve: one `StageScore` per backbone stage, input to output."""
+    """The probe curve: one `StageScore` per backbone stage, input to output, over `repeats` shuffles of a
+    `folds`-fold split."""
 
     stages: list[StageScore]
     folds: int
     seed: int
     seconds: float = 0.0
+    repeats: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,9 +89,11 @@ class StageProbe:
             "best": self.best.name,
             "top": self.top.name,
             "folds": self.folds,
+            "repeats": self.repeats,
             "seed": self.seed,
             "seconds": round(self.seconds, 3),
-            "method": f"logistic regression on pooled stage outputs, stratified {self.folds}-fold CV on the train split "
+            "method": f"logistic regression on pooled stage outputs, stratified {self.folds}-fold CV on the train split, "
+            f"{self.repeats} shuffle(s) "
             f"(C from {list(PROBE_C_GRID)} by mean CV macro-F1)",
             **self.extra,
         }
@@ -93,19 +101,28 @@ class StageProbe:
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "StageProbe":
         stages = [StageScore(**stage) for stage in payload["stages"]]
-        return cls(stages=stages, folds=int(payload.get("folds", len(stages[0].fold_scores))), seed=int(payload.get("seed", 0)))
+        folds = int(payload.get("folds", len(stages[0].fold_scores)))
+        return cls(stages=stages, folds=folds, seed=int(payload.get("seed", 0)), repeats=int(payload.get("repeats", 1)))
 
 
-def paired_difference(a: StageScore, b: StageScore) -> tuple[float, float]:
-    """Mean and standard error of `a - b` over the shared CV folds (paired: both were scored on the same folds)."""
+def paired_difference(a: StageScore, b: StageScore, folds: int | None = None) -> tuple[float, float]:
+    """Mean and standard error of `a - b` over the shared CV folds (paired: both were scored on the same folds).
+
+    With repeated k-fold (`folds` = k, fewer than the scores), the error stays that of one k-fold split, s / sqrt(k),
+    not divided by sqrt(repeats): the repeats steady the mean but re-split the same images (Nadeau and Bengio, 2003:
+    the corrected variance of the mean, (1 / (R k) + 1 / (k - 1)) s^2, stays above s^2 / (k - 1) for any R).
+    """
     diffs = np.asarray(a.fold_scores) - np.asarray(b.fold_scores)
-    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.inf
+    n = min(folds or len(diffs), len(diffs))
+    se = float(diffs.std(ddof=1) / math.sqrt(n)) if len(diffs) > 1 else math.inf
     return float(diffs.mean()), se
 
 
 # A block below the top stage beats it "clearly" when its lead (mean CV macro-F1) exceeds CLEAR_GAIN_SE standard errors
 # of the fold-paired difference (every stage is scored on the same folds) and is at least MIN_CLEAR_GAIN macro-F1.
 CLEAR_GAIN_SE = 2.0
+# The smallest lead any decision acts on, whatever its standard errors: under it the CV noise of one split decides
+# (hymenoptera / mobilenet_v2 seed 2: +0.0097 at 1.6 SE on one split, +0.003 over three).
 MIN_CLEAR_GAIN = 0.01
 
 
@@ -118,18 +135,20 @@ class BlockGain:
     diff: float
     se: float
     folds: int
+    repeats: int = 1
 
     def beyond(self, standard_errors: float) -> bool:
-        """The lead exceeds `standard_errors` fold-paired standard errors."""
-        return self.diff > standard_errors * self.se
+        """The lead exceeds `standard_errors` fold-paired standard errors and is at least `MIN_CLEAR_GAIN`."""
+        return self.diff > standard_errors * self.se and self.diff >= MIN_CLEAR_GAIN
 
     @property
     def clear(self) -> bool:
-        """The lead is beyond the CV noise and large enough to matter."""
-        return self.beyond(CLEAR_GAIN_SE) and self.diff >= MIN_CLEAR_GAIN
+        """The lead is beyond the CV noise (`CLEAR_GAIN_SE`) and large enough to matter."""
+        return self.beyond(CLEAR_GAIN_SE)
 
     def describe(self) -> str:
-        return (f"stage probe ({self.folds}-fold CV macro-F1): best block {self.block.name} {self.block.macro_f1_mean:.3f} "
+        cv = f"{self.folds}-fold CV" + (f" x{self.repeats}" if self.repeats > 1 else "")
+        return (f"stage probe ({cv} macro-F1): best block {self.block.name} {self.block.macro_f1_mean:.3f} "
                 f"vs top {self.top.name} {self.top.macro_f1_mean:.3f}, difference {self.diff:+.3f} (fold-paired SE {self.se:.3f})")
 
 
@@ -139,7 +158,7 @@ def best_block_gain(probe: StageProbe) -> BlockGain | None:
     if not blocks:
         return None
     best = max(reversed(blocks), key=lambda s: s.macro_f1_mean)
-    return BlockGain(best, probe.top, *paired_difference(best, probe.top), folds=probe.folds)
+    return BlockGain(best, probe.top, *paired_difference(best, probe.top, probe.folds), folds=probe.folds, repeats=probe.repeats)
 
 
 def probe_stages(
@@ -147,6 +166,7 @@ def probe_stages(
     num_labels: int,
     *,
     folds: int = PROBE_FOLDS,
+    repeats: int = PROBE_REPEATS,
     seed: int = 0,
     c_grid: tuple[float, ...] = PROBE_C_GRID,
 ) -> StageProbe | None:
@@ -156,13 +176,14 @@ def probe_stages(
         stage_features (`dict[str, FeatureSet]`): train features per stage, input to output (`SplitFeatures.stages`).
         num_labels (`int`): number of classes.
         folds (`int`, defaults to 5): CV folds (fewer when the smallest class has fewer images).
+        repeats (`int`, defaults to 1): shuffles of the fold split, every stage scored on the same folds.
         seed (`int`, defaults to 0): seed of the fold split and the solver.
         c_grid (`tuple[float, ...]`): inverse regularisation strengths tried per stage.
 
     Returns:
         `StageProbe`, or `None` when a class has fewer than 2 train images (no cross-validation possible).
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import RepeatedStratifiedKFold
 
     if not stage_features:
         return None
@@ -174,7 +195,9 @@ def probe_stages(
     if k < 2 or len(present) < 2:
         logger.warning("Stage probe skipped: the smallest class has %d train image(s); cross-validation needs 2.", smallest)
         return None
-    splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+    # The first shuffle is StratifiedKFold(k, shuffle=True, random_state=seed)'s split.
+    cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+    splits = list(cv.split(np.zeros(len(labels)), labels))
     scores = []
     for index, (name, features) in enumerate(stage_features.items()):
         x = features.features
@@ -197,9 +220,9 @@ def probe_stages(
             )
         )
         logger.debug("Stage probe %-10s dim %5d: CV macro-F1 %.4f +/- %.4f (C=%g)", name, x.shape[1], scores[-1].macro_f1_mean, scores[-1].macro_f1_std, chosen)
-    probe = StageProbe(stages=scores, folds=k, seed=seed, seconds=time.perf_counter() - start)
+    probe = StageProbe(stages=scores, folds=k, seed=seed, seconds=time.perf_counter() - start, repeats=repeats)
     if scores:  # one line; the per-stage curve is in run_config.json (recipe) and stage_probe.png of `probe`
-        logger.info("Stage probe over %d stages (%d-fold CV macro-F1): best %s %.3f, top %s %.3f (%.1fs)", len(scores), k,
+        logger.info("Stage probe over %d stages (%d-fold CV x%d, macro-F1): best %s %.3f, top %s %.3f (%.1fs)", len(scores), k, repeats,
                     probe.best.name, probe.best.macro_f1_mean, probe.top.name, probe.top.macro_f1_mean, probe.seconds)
     return probe
 

@@ -30,9 +30,10 @@ logger = logging.getLogger(__name__)
 LARGE_IMAGES_PER_CLASS = 500
 # k-NN balanced-accuracy lift over chance from which frozen features count as "similar" to the pretraining domain.
 SIMILAR_LIFT = 0.85
-# A block below the top stage ahead of it by more than this many fold-paired standard errors (stage probe) makes the
-# data "different". Weaker evidence than truncation asks for (`CLEAR_GAIN_SE`), because the costs differ: a wrong
-# "different" costs a fine-tune whose model selection can still keep the probe; a wrong "similar" never fine-tunes.
+# A block below the top stage ahead of it by more than this many fold-paired standard errors (stage probe), and by at
+# least `MIN_CLEAR_GAIN`, makes the data "different". Weaker evidence than truncation asks for (`CLEAR_GAIN_SE`),
+# because the costs differ: a wrong "different" costs a fine-tune whose model selection can still keep the probe; a
+# wrong "similar" never fine-tunes.
 SHIFT_GAIN_SE = 1.0
 # Share of grayscale images from which the data counts as a different modality.
 GRAYSCALE_SHARE = 0.5
@@ -113,7 +114,7 @@ class DatasetMeasurements:
     @property
     def top_stage_outdone(self) -> bool:
         """A block below the top stage separates the classes better than the top, by more than `SHIFT_GAIN_SE`
-        fold-paired standard errors."""
+        fold-paired standard errors and at least `MIN_CLEAR_GAIN` macro-F1 (`BlockGain.beyond`)."""
         gain = self.block_gain
         return gain is not None and gain.beyond(SHIFT_GAIN_SE)
 
