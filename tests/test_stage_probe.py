@@ -86,6 +86,14 @@ def test_repeated_folds_start_with_the_single_split_and_keep_its_error_scale():
     for one, many in zip(single.stages, repeated.stages):
         assert len(many.fold_scores) == 15 and many.fold_scores[:5] == one.fold_scores
         assert many.fold_scores[5:10] != one.fold_scores  # another shuffle
+    # The advisor's single split is unchanged by the move to RepeatedStratifiedKFold: its first shuffle is the
+    # StratifiedKFold(shuffle=True) split of the same seed.
+    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
+
+    zeros = np.zeros(len(labels))
+    first = list(RepeatedStratifiedKFold(n_splits=5, n_repeats=3, random_state=3).split(zeros, labels))[:5]
+    alone = list(StratifiedKFold(5, shuffle=True, random_state=3).split(zeros, labels))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, alone))
     # The error of the lead is one 5-fold split's, s / sqrt(5), not shrunk by the repeats (s / sqrt(15)).
     diffs = np.subtract(repeated.stages[0].fold_scores, repeated.stages[1].fold_scores)
     gain = best_block_gain(repeated)

@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class StageProbeArguments(FeatureCommandArguments):
-    """`python -m hf_finetune probe`: where to write, how many CV folds and shuffles of them (plus the split seed and the feature-pass
-    options every frozen-feature command has)."""
+    """`python -m hf_finetune probe`: where to write, how many CV folds and shuffles of them (plus the split seed and
+    the feature-pass options every frozen-feature command has)."""
 
     output_dir: str = field(metadata={"help": "Where stage_probe.json and stage_probe.png are written."})
     folds: int = field(default=PROBE_FOLDS, metadata={"help": "Stratified cross-validation folds on the train split."})
