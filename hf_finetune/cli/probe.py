@@ -22,7 +22,9 @@ class StageProbeArguments(FeatureCommandArguments):
 
     output_dir: str = field(metadata={"help": "Where stage_probe.json and stage_probe.png are written."})
     folds: int = field(default=PROBE_FOLDS, metadata={"help": "Stratified cross-validation folds on the train split."})
-    repeats: int = field(default=PROBE_REPEATS, metadata={"help": "Shuffles of the fold split; every stage is scored on each."})
+    repeats: int = field(
+        default=PROBE_REPEATS, metadata={"help": "Shuffles of the fold split; every stage is scored on each."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

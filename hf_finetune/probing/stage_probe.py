@@ -92,8 +92,8 @@ class StageProbe:
             "repeats": self.repeats,
             "seed": self.seed,
             "seconds": round(self.seconds, 3),
-            "method": f"logistic regression on pooled stage outputs, stratified {self.folds}-fold CV on the train split, "
-            f"{self.repeats} shuffle(s) "
+            "method": f"logistic regression on pooled stage outputs, stratified {self.folds}-fold CV on the train "
+            f"split, {self.repeats} shuffle(s) "
             f"(C from {list(PROBE_C_GRID)} by mean CV macro-F1)",
             **self.extra,
         }
@@ -158,7 +158,8 @@ def best_block_gain(probe: StageProbe) -> BlockGain | None:
     if not blocks:
         return None
     best = max(reversed(blocks), key=lambda s: s.macro_f1_mean)
-    return BlockGain(best, probe.top, *paired_difference(best, probe.top, probe.folds), folds=probe.folds, repeats=probe.repeats)
+    diff, se = paired_difference(best, probe.top, probe.folds)
+    return BlockGain(best, probe.top, diff, se, folds=probe.folds, repeats=probe.repeats)
 
 
 def probe_stages(
@@ -222,8 +223,8 @@ def probe_stages(
         logger.debug("Stage probe %-10s dim %5d: CV macro-F1 %.4f +/- %.4f (C=%g)", name, x.shape[1], scores[-1].macro_f1_mean, scores[-1].macro_f1_std, chosen)
     probe = StageProbe(stages=scores, folds=k, seed=seed, seconds=time.perf_counter() - start, repeats=repeats)
     if scores:  # one line; the per-stage curve is in run_config.json (recipe) and stage_probe.png of `probe`
-        logger.info("Stage probe over %d stages (%d-fold CV x%d, macro-F1): best %s %.3f, top %s %.3f (%.1fs)", len(scores), k, repeats,
-                    probe.best.name, probe.best.macro_f1_mean, probe.top.name, probe.top.macro_f1_mean, probe.seconds)
+        logger.info("Stage probe over %d stages (%d-fold CV x%d, macro-F1): best %s %.3f, top %s %.3f (%.1fs)",
+                    len(scores), k, repeats, probe.best.name, probe.best.macro_f1_mean, probe.top.name, probe.top.macro_f1_mean, probe.seconds)
     return probe
 
 
