@@ -19,12 +19,12 @@ from hf_finetune.recipe.advisor import plan_recipe, propose_truncation
 NAMES = ["embeddings", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"]
 
 
-def curve(folds: dict[str, list[float]], repeats: int = 1) -> dict:
+def curve(folds: dict[str, list[float]]) -> dict:
     stages = [
         StageScore(name, index, 16, float(np.mean(scores)), float(np.std(scores, ddof=1)), scores, 1.0)
         for index, (name, scores) in enumerate(folds.items())
     ]
-    return StageProbe(stages=stages, folds=len(stages[0].fold_scores) // repeats, seed=0, repeats=repeats).to_dict()
+    return StageProbe(stages=stages, folds=len(stages[0].fold_scores), seed=0).to_dict()
 
 
 CLEAR = curve({
@@ -176,7 +176,6 @@ def test_a_top_stage_clearly_outdone_by_a_block_makes_the_data_different_whateve
     gain = five_units(stage_probe=within).block_gain
     assert 0 < gain.diff < gain.se  # +0.002, SE 0.02
     assert five_units(knn_bacc=0.95, stage_probe=within).domain == "similar"
-
 
 
 def test_a_lead_under_the_floor_leaves_the_knn_call_whatever_its_standard_errors():
